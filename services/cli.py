@@ -1,0 +1,82 @@
+"""The `autoglm` command: bundle init, quantize, serve <service>, up.
+
+Every service is configured the same way: its frozen dataclass config becomes the flags
+(``services.common.config``). Heavy imports happen only for the subcommand that runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# service -> (module.Class of its config, module.function that runs it)
+SERVICES: dict[str, tuple[str, str]] = {
+    "vision": ("services.vision.config:VisionConfig", "services.vision.server:run"),
+    "audio": ("services.audio.config:AudioConfig", "services.audio.server:run"),
+    "decoder": ("services.decoder.config:DecoderConfig", "services.decoder.server:run"),
+    "gateway": ("gateway.config:GatewayConfig", "gateway.app:run"),
+}
+LAUNCHER = ("services.launcher:LauncherConfig", "services.launcher:run")
+
+
+def _load(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _add_config_command(
+    subparsers: Any, name: str, target: tuple[str, str], help_text: str
+) -> None:
+    from services.common.config import add_config_args
+
+    parser = subparsers.add_parser(name, help=help_text)
+    add_config_args(parser, _load(target[0]))
+    parser.set_defaults(target=target)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoglm", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    bundle = commands.add_parser("bundle", help="model bundles")
+    bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
+    init = bundle_commands.add_parser("init", help="build the default bundle deterministically")
+    init.add_argument("path", nargs="?", default="models/default")
+    init.add_argument("--preset", choices=("default", "bench"), default="default")
+    init.add_argument("--force", action="store_true", help="rebuild even if the bundle exists")
+    init.set_defaults(run="bundle.build:cli")
+
+    quantize = commands.add_parser("quantize", help="GPTQ-quantize a bundle's decoder")
+    _load("quantize.cli:add_arguments")(quantize)
+    quantize.set_defaults(run="quantize.cli:cli")
+
+    # Config modules are plain dataclasses (no torch, no fastapi), so building every
+    # subcommand's flags stays cheap; the service itself is imported only when it runs.
+    serve = commands.add_parser("serve", help="run one service")
+    services = serve.add_subparsers(dest="service", required=True)
+    for name, target in SERVICES.items():
+        _add_config_command(services, name, target, f"the {name} service")
+    _add_config_command(commands, "up", LAUNCHER, "start the whole stack and wait")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "target"):
+        from services.common.config import config_from_args
+
+        try:
+            config = config_from_args(_load(args.target[0]), args)
+        except ValueError as exc:
+            print(f"autoglm: invalid configuration: {exc}", file=sys.stderr)
+            return 2
+        return int(_load(args.target[1])(config) or 0)
+    return int(_load(args.run)(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The shared config base and the one place where configs are built from flags and variables.
+
+Each service has one frozen dataclass on ``ServiceConfig``. Its fields become ``--flags`` whose
+defaults are the dataclass defaults; ``AUTOGLM_*`` variables (declared in ``services.common.env``)
+sit between the two. Checks live in ``__post_init__`` so a bad value fails at start-up, not on
+the first request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from services.common import env
+
+C = TypeVar("C", bound="ServiceConfig")
+
+DEFAULT_BUNDLE = Path("models/default")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """What every process shares: where the bundle is, where to listen, which device."""
+
+    ENV_PREFIX: ClassVar[str] = ""
+
+    bundle: Path = DEFAULT_BUNDLE
+    host: str = "127.0.0.1"
+    port: int = 0
+    device: str = "auto"
+    max_message_mb: int = 256
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.max_message_mb < 1:
+            raise ValueError("max_message_mb must be at least 1")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"unknown log level {self.log_level!r}")
+        if self.device != "auto" and self.device != "cpu" and not _is_cuda_device(self.device):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _is_cuda_device(device: str) -> bool:
+    if device == "cuda":
+        return True
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+def _field_type(cls: type, name: str) -> Any:
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0]
+    return hint
+
+
+def _parse(kind: Any, raw: str) -> Any:
+    if kind is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    if typing.get_origin(kind) is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return kind(raw)
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type[ServiceConfig]) -> None:
+    """One --flag per field; flags default to None so an unset flag falls through to env."""
+    for f in dataclasses.fields(cls):
+        kind = _field_type(cls, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        var = env.declared_name(cls.ENV_PREFIX, f.name)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        help_text = f.metadata.get("help", "")
+        help_text = f"{help_text} (default: {shown}" + (f"; env {var})" if var else ")")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(
+                flag, type=lambda raw, k=kind: _parse(k, raw), default=None, help=help_text
+            )
+
+
+def config_from_args(
+    cls: type[C], args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> C:
+    """Flag, else declared AUTOGLM_* variable, else the dataclass default."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+            continue
+        found = env.lookup(cls.ENV_PREFIX, f.name, environ)
+        if found is not None:
+            name, raw = found
+            try:
+                values[f.name] = _parse(_field_type(cls, f.name), raw)
+            except ValueError as exc:
+                raise ValueError(f"{name}={raw!r}: {exc}") from None
+    return cls(**values)

@@ -1,0 +1,56 @@
+"""Domain types shared by the two encoder services (vision, audio) and their gateway clients."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from autoglm.v1 import encoder_pb2
+from services.common.tensors import tensor_from_pb, tensor_to_pb
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaItem:
+    data: bytes
+    mime_type: str = ""
+
+    def to_pb(self) -> encoder_pb2.MediaItem:
+        return encoder_pb2.MediaItem(data=self.data, mime_type=self.mime_type)
+
+    @classmethod
+    def from_pb(cls, pb: encoder_pb2.MediaItem) -> MediaItem:
+        return cls(data=pb.data, mime_type=pb.mime_type)
+
+
+def encode_request_to_pb(items: list[MediaItem]) -> encoder_pb2.EncodeRequest:
+    return encoder_pb2.EncodeRequest(items=[item.to_pb() for item in items])
+
+
+def encode_request_from_pb(pb: encoder_pb2.EncodeRequest) -> list[MediaItem]:
+    return [MediaItem.from_pb(item) for item in pb.items]
+
+
+def embeddings_to_pb(embeddings: list[torch.Tensor]) -> encoder_pb2.EncodeResponse:
+    return encoder_pb2.EncodeResponse(embeddings=[tensor_to_pb(e) for e in embeddings])
+
+
+def embeddings_from_pb(pb: encoder_pb2.EncodeResponse) -> list[torch.Tensor]:
+    return [tensor_from_pb(t) for t in pb.embeddings]
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderInfo:
+    model: str
+    device: str
+    dtype: str
+    quantization: str
+    hidden_size: int
+    max_items: int
+
+    def to_pb(self) -> encoder_pb2.EncoderInfo:
+        return encoder_pb2.EncoderInfo(**dataclasses.asdict(self))
+
+    @classmethod
+    def from_pb(cls, pb: encoder_pb2.EncoderInfo) -> EncoderInfo:
+        return cls(**{f.name: getattr(pb, f.name) for f in dataclasses.fields(cls)})

@@ -1,0 +1,179 @@
+"""What every gRPC service shares: the server bootstrap, health, reflection, error mapping.
+
+A service supplies a servicer, the full name of its gRPC service and a blocking ``load``
+function. ``serve`` starts listening at once with the named health status NOT_SERVING (the
+overall status "" is SERVING from the start, so probes must ask for the name), loads the model
+in a worker thread, flips the name to SERVING, and on SIGTERM/SIGINT turns NOT_SERVING, stops
+taking calls and lets running ones finish within a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import ServiceConfig
+from services.common.errors import InvalidInput, NotReady, Overloaded, ServiceError, TooLarge
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Most specific first: TooLarge is an InvalidInput.
+STATUS_OF_ERROR: tuple[tuple[type[ServiceError], grpc.StatusCode], ...] = (
+    (TooLarge, grpc.StatusCode.OUT_OF_RANGE),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotReady, grpc.StatusCode.UNAVAILABLE),
+)
+SHUTDOWN_GRACE_S = 10.0
+
+
+def status_of(exc: ServiceError) -> grpc.StatusCode:
+    for kind, code in STATUS_OF_ERROR:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class Slot(Generic[T]):
+    """Holds what ``load`` builds; calls made before it is there get UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self._value: T | None = None
+
+    def set(self, value: T) -> None:
+        self._value = value
+
+    def get(self) -> T:
+        if self._value is None:
+            raise NotReady("the model is still loading")
+        return self._value
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps domain errors to status codes; anything else is logged and becomes INTERNAL with a
+    fixed message, so no exception text (paths, addresses) reaches a client."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _guard_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _guard_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
+    if isinstance(exc, ServiceError):
+        await context.abort(status_of(exc), str(exc))
+    log.exception("unhandled error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+
+    return guarded
+
+
+def _guard_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+
+    return guarded
+
+
+def channel_options(config: ServiceConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+    ]
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+async def serve(
+    config: ServiceConfig,
+    *,
+    service_name: str,
+    add_servicer: Callable[[grpc.aio.Server], None],
+    load: Callable[[], None],
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run one gRPC service until SIGTERM/SIGINT. ``load`` runs in a thread after listening."""
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[*channel_options(config), ("grpc.so_reuseport", 0)],
+    )
+    add_servicer(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(config.address)
+    await server.start()
+    log.info("%s listening on %s:%d", service_name, config.host, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    loading = asyncio.ensure_future(asyncio.to_thread(load))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
+        loading.result()  # a failed load ends the process with its traceback
+        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("%s ready", service_name)
+        await stopping
+
+    log.info("%s shutting down", service_name)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(SHUTDOWN_GRACE_S)
+    if on_stop is not None:
+        await on_stop()
+    with contextlib.suppress(asyncio.CancelledError):
+        loading.cancel()

@@ -1,0 +1,271 @@
+"""The decoder's domain types. They own their protobuf conversions, so the engine and the model
+work on these plain dataclasses and token ids and never touch gRPC types."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import torch
+
+from autoglm.v1 import decoder_pb2
+from services.common.errors import InvalidInput
+from services.common.tensors import tensor_from_pb, tensor_to_pb
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise InvalidInput("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise InvalidInput("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise InvalidInput("top_k must be >= 0")
+        if not -2 <= self.presence_penalty <= 2 or not -2 <= self.frequency_penalty <= 2:
+            raise InvalidInput("presence and frequency penalties must be in [-2, 2]")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidInput(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def to_pb(self) -> decoder_pb2.SamplingParams:
+        return decoder_pb2.SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs,
+        )
+
+    @classmethod
+    def from_pb(cls, pb: decoder_pb2.SamplingParams) -> SamplingParams:
+        return cls(
+            temperature=pb.temperature,
+            top_p=pb.top_p if pb.top_p > 0 else 1.0,
+            top_k=pb.top_k,
+            seed=pb.seed if pb.HasField("seed") else None,
+            presence_penalty=pb.presence_penalty,
+            frequency_penalty=pb.frequency_penalty,
+            logprobs=pb.logprobs,
+            top_logprobs=pb.top_logprobs,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class StoppingParams:
+    max_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise InvalidInput("max_tokens must be at least 1")
+
+    def to_pb(self) -> decoder_pb2.StoppingParams:
+        return decoder_pb2.StoppingParams(
+            max_tokens=self.max_tokens,
+            stop_token_ids=list(self.stop_token_ids),
+            ignore_eos=self.ignore_eos,
+        )
+
+    @classmethod
+    def from_pb(cls, pb: decoder_pb2.StoppingParams) -> StoppingParams:
+        return cls(
+            max_tokens=pb.max_tokens, stop_token_ids=tuple(pb.stop_token_ids), ignore_eos=pb.ignore_eos
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class MultimodalSegment:
+    """Embeddings [n_tokens, hidden] that replace input_ids[offset : offset + n_tokens]."""
+
+    offset: int
+    embeddings: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def to_pb(self) -> decoder_pb2.MultimodalSegment:
+        return decoder_pb2.MultimodalSegment(
+            offset=self.offset, embeddings=tensor_to_pb(self.embeddings)
+        )
+
+    @classmethod
+    def from_pb(cls, pb: decoder_pb2.MultimodalSegment) -> MultimodalSegment:
+        embeddings = tensor_from_pb(pb.embeddings)
+        if embeddings.dim() != 2:
+            raise InvalidInput(f"segment embeddings must be 2-D, got shape {tuple(embeddings.shape)}")
+        return cls(offset=pb.offset, embeddings=embeddings)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateRequest:
+    request_id: str
+    input_ids: tuple[int, ...]
+    sampling: SamplingParams = SamplingParams()
+    stopping: StoppingParams = StoppingParams()
+    segments: tuple[MultimodalSegment, ...] = ()
+    position_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.input_ids:
+            raise InvalidInput("input_ids must not be empty")
+        if self.position_ids is not None and len(self.position_ids) != len(self.input_ids):
+            raise InvalidInput("position_ids must be as long as input_ids")
+        end = 0
+        for segment in sorted(self.segments, key=lambda s: s.offset):
+            if segment.offset < end:
+                raise InvalidInput("multimodal segments overlap")
+            end = segment.offset + segment.length
+            if end > len(self.input_ids):
+                raise InvalidInput("a multimodal segment runs past the end of input_ids")
+
+    def to_pb(self) -> decoder_pb2.GenerateRequest:
+        return decoder_pb2.GenerateRequest(
+            request_id=self.request_id,
+            input_ids=list(self.input_ids),
+            segments=[s.to_pb() for s in self.segments],
+            position_ids=list(self.position_ids or ()),
+            sampling=self.sampling.to_pb(),
+            stopping=self.stopping.to_pb(),
+        )
+
+    @classmethod
+    def from_pb(cls, pb: decoder_pb2.GenerateRequest) -> GenerateRequest:
+        return cls(
+            request_id=pb.request_id,
+            input_ids=tuple(pb.input_ids),
+            sampling=SamplingParams.from_pb(pb.sampling),
+            stopping=StoppingParams.from_pb(pb.stopping),
+            segments=tuple(MultimodalSegment.from_pb(s) for s in pb.segments),
+            position_ids=tuple(pb.position_ids) or None,
+        )
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+
+    def to_pb(self) -> decoder_pb2.FinishReason:
+        return _FINISH_TO_PB[self]
+
+    @classmethod
+    def from_pb(cls, pb: decoder_pb2.FinishReason) -> FinishReason | None:
+        return _FINISH_FROM_PB.get(pb)
+
+
+_FINISH_TO_PB = {
+    FinishReason.STOP: decoder_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: decoder_pb2.FINISH_REASON_LENGTH,
+}
+_FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+
+    def to_pb(self) -> decoder_pb2.TokenLogprob:
+        return decoder_pb2.TokenLogprob(
+            token_id=self.token_id,
+            logprob=self.logprob,
+            top_logprobs=[
+                decoder_pb2.TopLogprob(token_id=t, logprob=lp) for t, lp in self.top_logprobs
+            ],
+        )
+
+    @classmethod
+    def from_pb(cls, pb: decoder_pb2.TokenLogprob) -> TokenLogprob:
+        return cls(
+            token_id=pb.token_id,
+            logprob=pb.logprob,
+            top_logprobs=tuple((t.token_id, t.logprob) for t in pb.top_logprobs),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateOutput:
+    """What one engine step produced for one request; the last carries finish_reason."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def to_pb(self) -> decoder_pb2.GenerateResponse:
+        return decoder_pb2.GenerateResponse(
+            token_ids=list(self.token_ids),
+            logprobs=[lp.to_pb() for lp in self.logprobs],
+            finish_reason=(
+                self.finish_reason.to_pb()
+                if self.finish_reason
+                else decoder_pb2.FINISH_REASON_UNSPECIFIED
+            ),
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+        )
+
+    @classmethod
+    def from_pb(cls, pb: decoder_pb2.GenerateResponse, request_id: str = "") -> GenerateOutput:
+        return cls(
+            request_id=request_id,
+            token_ids=tuple(pb.token_ids),
+            logprobs=tuple(TokenLogprob.from_pb(lp) for lp in pb.logprobs),
+            finish_reason=FinishReason.from_pb(pb.finish_reason),
+            prompt_tokens=pb.prompt_tokens,
+            completion_tokens=pb.completion_tokens,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderInfo:
+    model: str
+    device: str
+    dtype: str
+    quantization: str
+    vocab_size: int
+    hidden_size: int
+    max_model_len: int
+    max_running_requests: int
+    total_cache_tokens: int
+    free_cache_tokens: int
+    running_requests: int
+    waiting_requests: int
+    eos_token_ids: tuple[int, ...]
+
+    def to_pb(self) -> decoder_pb2.DecoderInfo:
+        values = dataclasses.asdict(self)
+        values["eos_token_ids"] = list(self.eos_token_ids)
+        return decoder_pb2.DecoderInfo(**values)
+
+    @classmethod
+    def from_pb(cls, pb: decoder_pb2.DecoderInfo) -> DecoderInfo:
+        values = {f.name: getattr(pb, f.name) for f in dataclasses.fields(cls)}
+        values["eos_token_ids"] = tuple(pb.eos_token_ids)
+        return cls(**values)
