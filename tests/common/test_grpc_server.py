@@ -1,0 +1,73 @@
+"""The shared bootstrap: domain errors become status codes, anything else a bland INTERNAL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from autoglm.v1 import decoder_pb2, decoder_pb2_grpc
+from services.common.errors import InvalidInput, NotReady, Overloaded, TooLarge
+from services.common.grpc_server import ErrorInterceptor, Slot
+
+
+class Raising(decoder_pb2_grpc.DecoderServicer):
+    """Raises whatever the request id names, before or after streaming a first response."""
+
+    errors = {
+        "invalid": InvalidInput("bad ids"),
+        "too-large": TooLarge("prompt too long"),
+        "busy": Overloaded("queue full"),
+        "loading": NotReady("still loading"),
+        "bug": RuntimeError("secret at 0x7f00 in /srv/app.py"),
+    }
+
+    async def Info(self, request, context):  # type: ignore[no-untyped-def]
+        Slot[int]().get()  # raises NotReady: nothing was loaded
+
+    async def Generate(self, request, context) -> AsyncIterator[decoder_pb2.GenerateResponse]:  # type: ignore[no-untyped-def]
+        yield decoder_pb2.GenerateResponse(token_ids=[1])
+        raise self.errors[request.request_id]
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[decoder_pb2_grpc.DecoderStub]:
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    decoder_pb2_grpc.add_DecoderServicer_to_server(Raising(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield decoder_pb2_grpc.DecoderStub(channel)
+    await server.stop(None)
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "message"),
+    [
+        ("invalid", grpc.StatusCode.INVALID_ARGUMENT, "bad ids"),
+        ("too-large", grpc.StatusCode.OUT_OF_RANGE, "prompt too long"),
+        ("busy", grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full"),
+        ("loading", grpc.StatusCode.UNAVAILABLE, "still loading"),
+        ("bug", grpc.StatusCode.INTERNAL, "internal error"),
+    ],
+)
+async def test_streaming_errors_map_to_status_codes(
+    stub: decoder_pb2_grpc.DecoderStub, kind: str, code: grpc.StatusCode, message: str
+) -> None:
+    call = stub.Generate(decoder_pb2.GenerateRequest(request_id=kind))
+    first = await call.read()
+    assert list(first.token_ids) == [1]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call.read()
+    assert raised.value.code() == code
+    assert raised.value.details() == message
+
+
+async def test_unary_errors_map_too_and_never_leak_internals(
+    stub: decoder_pb2_grpc.DecoderStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Info(decoder_pb2.DecoderInfoRequest())
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "loading" in raised.value.details()
