@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    GenerationConfig,
     Glm4Config,
     Glm4ForCausalLM,
-    GenerationConfig,
     PreTrainedTokenizerFast,
     SiglipImageProcessor,
     SiglipVisionConfig,
@@ -28,7 +28,7 @@ from transformers import (
 
 from bundle import presets
 from bundle.layout import SERVED_MODEL_NAME, Bundle
-from bundle.special_tokens import EOS_TOKENS, ENDOFTEXT
+from bundle.special_tokens import ENDOFTEXT, EOS_TOKENS
 
 HERE = Path(__file__).parent
 TOKENIZER_FILE = HERE / "tokenizer" / "tokenizer.json"
@@ -48,7 +48,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def _build_decoder(path: Path, preset: str) -> int:
     tokenizer = build_tokenizer()
-    eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in EOS_TOKENS]
+    eos_ids: list[int] = [tokenizer.convert_tokens_to_ids(t) for t in EOS_TOKENS]  # type: ignore[misc]
     config = Glm4Config(
         **presets.DECODER[preset],
         **presets.DECODER_COMMON,
@@ -60,7 +60,9 @@ def _build_decoder(path: Path, preset: str) -> int:
     torch.manual_seed(SEED)
     model = Glm4ForCausalLM(config).eval()
     model.save_pretrained(path)
-    GenerationConfig(eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id).save_pretrained(path)
+    GenerationConfig(eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id).save_pretrained(
+        path
+    )
     tokenizer.save_pretrained(path)
     return config.hidden_size
 

@@ -89,8 +89,13 @@ class FusionModel(nn.Module):
         if not vision and not audio:
             return [], []
         dtype = self.modality.weight.dtype
-        parts = [self.vision_proj(v.to(self.device, dtype)) + self.modality.weight[VISION] for v in vision]
-        parts += [self.audio_proj(a.to(self.device, dtype)) + self.modality.weight[AUDIO] for a in audio]
+        parts = [
+            self.vision_proj(v.to(self.device, dtype)) + self.modality.weight[VISION]
+            for v in vision
+        ]
+        parts += [
+            self.audio_proj(a.to(self.device, dtype)) + self.modality.weight[AUDIO] for a in audio
+        ]
         x = torch.cat(parts)
         for block in self.blocks:
             x = block(x)
@@ -99,7 +104,9 @@ class FusionModel(nn.Module):
 
     def save_pretrained(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
+        (path / CONFIG_FILE).write_text(
+            json.dumps(dataclasses.asdict(self.config), indent=2) + "\n"
+        )
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, path / WEIGHTS_FILE)
 
     @classmethod

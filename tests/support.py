@@ -64,7 +64,9 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.kind} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             if self.ready():
                 return
             time.sleep(0.25)

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -83,22 +83,28 @@ def _parse(kind: Any, raw: str) -> Any:
     return kind(raw)
 
 
+def _parser_for(kind: Any) -> Callable[[str], Any]:
+    return lambda raw: _parse(kind, raw)
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type[ServiceConfig]) -> None:
     """One --flag per field; flags default to None so an unset flag falls through to env."""
     for f in dataclasses.fields(cls):
         kind = _field_type(cls, f.name)
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default
+        if default is dataclasses.MISSING:
+            default = f.default_factory()  # type: ignore[misc,operator]
         var = env.declared_name(cls.ENV_PREFIX, f.name)
         shown = ",".join(default) if isinstance(default, tuple) else default
         help_text = f.metadata.get("help", "")
         help_text = f"{help_text} (default: {shown}" + (f"; env {var})" if var else ")")
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
             parser.add_argument(
-                flag, type=lambda raw, k=kind: _parse(k, raw), default=None, help=help_text
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
+        else:
+            parser.add_argument(flag, type=_parser_for(kind), default=None, help=help_text)
 
 
 def config_from_args(

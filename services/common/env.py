@@ -35,7 +35,7 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_GATEWAY_VISION_TARGET": "gRPC target of the vision encoder(s), e.g. dns:///vision:50051",
     "AUTOGLM_GATEWAY_AUDIO_TARGET": "gRPC target of the audio encoder(s)",
     "AUTOGLM_GATEWAY_DECODER_TARGET": "gRPC target of the decoder",
-    "AUTOGLM_GATEWAY_IMAGE_URL_ALLOWLIST": "comma-separated hosts image_url may fetch from (empty: none)",
+    "AUTOGLM_GATEWAY_IMAGE_URL_ALLOWLIST": "hosts image_url may fetch from, comma-separated",
 }
 
 

@@ -88,7 +88,9 @@ class StoppingParams:
     @classmethod
     def from_pb(cls, pb: decoder_pb2.StoppingParams) -> StoppingParams:
         return cls(
-            max_tokens=pb.max_tokens, stop_token_ids=tuple(pb.stop_token_ids), ignore_eos=pb.ignore_eos
+            max_tokens=pb.max_tokens,
+            stop_token_ids=tuple(pb.stop_token_ids),
+            ignore_eos=pb.ignore_eos,
         )
 
 
@@ -112,7 +114,9 @@ class MultimodalSegment:
     def from_pb(cls, pb: decoder_pb2.MultimodalSegment) -> MultimodalSegment:
         embeddings = tensor_from_pb(pb.embeddings)
         if embeddings.dim() != 2:
-            raise InvalidInput(f"segment embeddings must be 2-D, got shape {tuple(embeddings.shape)}")
+            raise InvalidInput(
+                f"segment embeddings must be 2-D, got shape {tuple(embeddings.shape)}"
+            )
         return cls(offset=pb.offset, embeddings=embeddings)
 
 

@@ -76,7 +76,9 @@ def test_chat_template_renders_glm4_turns_and_media_placeholders(
 def test_fusion_keeps_row_counts_and_returns_decoder_width_fp16(bundle: Bundle) -> None:
     fusion = FusionModel.from_pretrained(bundle.fusion)
     decoder_width = AutoConfig.from_pretrained(bundle.decoder).hidden_size
-    vision, audio = fusion.fuse([torch.randn(64, 128), torch.randn(64, 128)], [torch.randn(49, 128)])
+    vision, audio = fusion.fuse(
+        [torch.randn(64, 128), torch.randn(64, 128)], [torch.randn(49, 128)]
+    )
     assert [v.shape for v in vision] == [(64, decoder_width)] * 2
     assert [a.shape for a in audio] == [(49, decoder_width)]
     assert vision[0].dtype == torch.float16 and torch.isfinite(vision[0]).all()

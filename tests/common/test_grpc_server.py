@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from services.common.grpc_server import ErrorInterceptor, Slot
 class Raising(decoder_pb2_grpc.DecoderServicer):
     """Raises whatever the request id names, before or after streaming a first response."""
 
-    errors = {
+    errors: ClassVar[dict[str, Exception]] = {
         "invalid": InvalidInput("bad ids"),
         "too-large": TooLarge("prompt too long"),
         "busy": Overloaded("queue full"),

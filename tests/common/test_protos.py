@@ -23,12 +23,18 @@ def test_generated_code_matches_the_proto_files(tmp_path: Path) -> None:
     )  # fmt: skip
     assert status == 0
     generated = sorted(p.name for p in (tmp_path / "autoglm" / "v1").iterdir())
-    committed = sorted(p.name for p in PACKAGE.iterdir() if p.name.endswith(("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")))
+    committed = sorted(
+        p.name
+        for p in PACKAGE.iterdir()
+        if p.name.endswith(("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"))
+    )
     assert generated == committed, "run `make protos` and commit the result"
-    match, mismatch, errors = filecmp.cmpfiles(
+    _, mismatch, errors = filecmp.cmpfiles(
         tmp_path / "autoglm" / "v1", PACKAGE, generated, shallow=False
     )
-    assert not mismatch and not errors, f"stale generated code: {mismatch + errors}; run `make protos`"
+    assert not mismatch and not errors, (
+        f"stale generated code: {mismatch + errors}; run `make protos`"
+    )
 
 
 def test_generated_modules_import_as_a_package() -> None:
