@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -78,8 +79,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            # Streaming handlers either yield (ours) or write through context.write and return
+            # (grpc_health's Watch): only the first kind is an async generator to iterate.
+            stream = handler.unary_stream
+            guard = _guard_stream if inspect.isasyncgenfunction(stream) else _guard_unary
             return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream, method),
+                guard(stream, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

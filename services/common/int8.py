@@ -13,13 +13,9 @@ runs 12-50x slower.
 
 from __future__ import annotations
 
-import logging
-
 import bitsandbytes as bnb
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 # LLM.int8()'s outlier threshold: activation columns holding a value above it are multiplied
 # in fp16 instead of int8 (the paper's default; 0 disables the decomposition).
@@ -85,7 +81,9 @@ def weight_bytes(model: nn.Module) -> int:
     total = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     for layer in model.modules():
         if isinstance(layer, Int8Linear):
-            scale = layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
+            # bitsandbytes moves the scales from the weight to the layer state on first use.
+            scale = getattr(layer.weight, "SCB", None)
+            scale = layer.state.SCB if scale is None else scale
             if scale is not None:
                 total += scale.numel() * scale.element_size()
     return total

@@ -72,3 +72,23 @@ async def test_unary_errors_map_too_and_never_leak_internals(
         await stub.Info(decoder_pb2.DecoderInfoRequest())
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "loading" in raised.value.details()
+
+
+async def test_health_watch_streams_through_the_interceptor() -> None:
+    """grpc_health's Watch writes with context.write instead of yielding."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    await servicer.set("svc", health_pb2.HealthCheckResponse.SERVING)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="svc")
+        )
+        first = await call.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        call.cancel()
+    await server.stop(None)

@@ -1,0 +1,48 @@
+"""Loading an encoder tower (vision or audio) from its Hugging Face folder, INT8 by default."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, PreTrainedModel
+
+from services.common.encoder_config import EncoderConfig
+from services.common.encoder_types import EncoderInfo
+from services.common.int8 import DEFAULT_THRESHOLD, quantize_linears, weight_bytes
+
+log = logging.getLogger(__name__)
+
+# Norms, embeddings, convolutions and every other non-quantized layer run in fp32 (the design
+# keeps them at full precision); the int8 layers cast to fp16 inside.
+COMPUTE_DTYPE = torch.float32
+
+
+def load_tower(
+    folder: Path, device: torch.device, quantization: str, threshold: float = DEFAULT_THRESHOLD
+) -> PreTrainedModel:
+    """A saved HF encoder (any AutoModel architecture) on ``device``, int8 unless told "none"."""
+    if quantization not in ("int8", "none"):
+        raise ValueError(f"unknown quantization {quantization!r}")
+    model = AutoModel.from_pretrained(folder, dtype=COMPUTE_DTYPE).eval()
+    fp32_bytes = weight_bytes(model)
+    if quantization == "int8":
+        count = quantize_linears(model, device, threshold)
+        log.info(
+            "%s: %d Linear layers in LLM.int8() (threshold %.1f), weights %.2f MB (FP32 %.2f MB)",
+            type(model).__name__, count, threshold, weight_bytes(model) / 1e6, fp32_bytes / 1e6,
+        )  # fmt: skip
+    return model.to(device)
+
+
+def tower_info(model: PreTrainedModel, config: EncoderConfig) -> EncoderInfo:
+    """What the Info RPC reports about a loaded tower."""
+    return EncoderInfo(
+        model=type(model).__name__,
+        device=str(next(model.parameters()).device),
+        dtype=str(COMPUTE_DTYPE).removeprefix("torch."),
+        quantization=config.quantization,
+        hidden_size=int(model.config.hidden_size),
+        max_items=config.max_items,
+    )

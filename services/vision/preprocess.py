@@ -1,0 +1,82 @@
+"""Image bytes -> the pixel tensor the vision tower expects.
+
+The bytes are sniffed (PNG, JPEG, WebP only) and the dimensions read from the header before any
+pixel is decoded (``Image.open`` is lazy), so a small file that expands to gigapixels is refused
+cheaply. Resizing and normalization follow the tower's own preprocessor config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers import AutoImageProcessor, BaseImageProcessor
+
+from services.common.errors import InvalidInput, TooLarge
+
+# Pillow format name by leading bytes (WebP: RIFF, a 4-byte size, then WEBP).
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8\xff"
+
+
+def sniff_format(data: bytes) -> str:
+    """The Pillow format of an encoded image; anything else is InvalidInput."""
+    if data.startswith(_PNG):
+        return "PNG"
+    if data.startswith(_JPEG):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    raise InvalidInput("unsupported image format: expected PNG, JPEG or WebP bytes")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Bytes -> an RGB image, upright per its EXIF orientation."""
+    if len(data) > limits.max_bytes:
+        raise TooLarge(f"image of {len(data)} bytes exceeds the {limits.max_bytes}-byte limit")
+    fmt = sniff_format(data)
+    try:
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise InvalidInput(f"{fmt} image has an empty size {width}x{height}")
+        if width * height > limits.max_pixels:
+            raise TooLarge(
+                f"{fmt} image of {width}x{height} pixels exceeds the limit of "
+                f"{limits.max_pixels} pixels"
+            )
+        image.load()
+        return ImageOps.exif_transpose(image).convert("RGB")
+    except UnidentifiedImageError:
+        raise InvalidInput(f"the bytes are not a readable {fmt} image") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own, coarser limit
+        raise TooLarge(f"{fmt} image is too large to decode: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidInput(f"cannot decode the {fmt} image: {exc}") from None
+
+
+class ImagePreprocessor:
+    """Decodes one image and turns it into a [3, H, W] float32 tensor for the tower."""
+
+    def __init__(self, processor: BaseImageProcessor, limits: ImageLimits) -> None:
+        self.processor = processor
+        self.limits = limits
+
+    @classmethod
+    def load(cls, folder: Path, limits: ImageLimits) -> ImagePreprocessor:
+        """The preprocessor config saved with the tower (e.g. SiglipImageProcessor's)."""
+        return cls(AutoImageProcessor.from_pretrained(folder), limits)
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        image = decode_image(data, self.limits)
+        pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
+        return pixels[0]

@@ -1,0 +1,190 @@
+"""The audio encoder as a client sees it: `autoglm serve audio` on a loopback port, called with
+a real gRPC client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from autoglm.v1 import audio_pb2_grpc, encoder_pb2
+from services.common.encoder_types import (
+    EncoderInfo,
+    MediaItem,
+    embeddings_from_pb,
+    encode_request_to_pb,
+)
+from services.common.health import AUDIO_SERVICE
+from tests.encoders.helpers import (
+    Started,
+    client_channel,
+    encoded_audio,
+    reflection,
+    speech_like,
+    start_encoder,
+)
+from tests.media import audio_bytes
+
+HIDDEN = 128  # the default bundle's tower width
+MAX_SECONDS = 50
+FOUR_MIB = 4 * 1024 * 1024
+
+
+def frames(seconds: float) -> int:
+    """Wav2Vec2's front-end: 400-sample receptive field, 320-sample hop, at 16 kHz."""
+    return (int(seconds * 16000) - 400) // 320 + 1
+
+
+@pytest.fixture(scope="module")
+def audio(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
+    # Short windows, many per batch: the >4 MiB request stays quick on a CPU, and the warm-up
+    # batch (so the NOT_SERVING phase) is long enough to watch.
+    args = ["--device", "cpu", "--max-audio-seconds", str(MAX_SECONDS)]
+    args += ["--window-seconds", "10", "--batch-size", "16"]
+    started = start_encoder("audio", bundle_dir, tmp_path_factory.mktemp("audio-logs"), args)
+    yield started
+    assert started.process.stop() == 0, started.process.log_tail()
+
+
+@pytest.fixture
+async def stub(audio: Started) -> AsyncIterator[audio_pb2_grpc.AudioEncoderStub]:
+    async with client_channel(audio.process.target) as channel:
+        yield audio_pb2_grpc.AudioEncoderStub(channel)
+
+
+async def encode(stub: audio_pb2_grpc.AudioEncoderStub, clips: list[bytes]) -> list[torch.Tensor]:
+    reply = await stub.Encode(encode_request_to_pb([MediaItem(data) for data in clips]))
+    return embeddings_from_pb(reply)
+
+
+async def test_wav_flac_and_mp3_become_fp16_frame_embeddings(
+    stub: audio_pb2_grpc.AudioEncoderStub,
+) -> None:
+    clips = [
+        audio_bytes(1.0, 16000, "WAV", "PCM_16"),
+        audio_bytes(1.0, 44100, "WAV", "FLOAT"),
+        audio_bytes(1.0, 22050, "FLAC", "PCM_16"),
+    ]
+    embeddings = await encode(stub, clips)
+    assert [e.shape for e in embeddings] == [(frames(1.0), HIDDEN)] * 3
+    assert all(e.dtype == torch.float16 and torch.isfinite(e).all() for e in embeddings)
+    # MP3 frames carry encoder delay and padding: the length is only close to 1 s.
+    (mp3,) = await encode(stub, [audio_bytes(1.0, 24000, "MP3", "MPEG_LAYER_III")])
+    assert mp3.dtype == torch.float16
+    assert abs(mp3.shape[0] - frames(1.0)) <= 4 and mp3.shape[1] == HIDDEN
+
+
+async def test_stereo_44k_is_downmixed_and_resampled_to_16k_mono(
+    stub: audio_pb2_grpc.AudioEncoderStub,
+) -> None:
+    # The same sound at both rates (no noise: that would differ sample by sample).
+    reference = speech_like(2.0, 16000, noise=0.0)
+    high = speech_like(2.0, 44100, noise=0.0)
+    other = 0.4 * np.random.default_rng(1).standard_normal(high.shape).astype(np.float32)
+    stereo = np.stack([high + other, high - other], axis=1)  # only the average is `high`
+    clips = [encoded_audio(x, r, subtype="FLOAT") for x, r in ((reference, 16000), (stereo, 44100))]
+    reference_out, stereo_out = await encode(stub, clips)
+    assert reference_out.shape == stereo_out.shape == (frames(2.0), HIDDEN)
+    cosine = torch.cosine_similarity(reference_out.float(), stereo_out.float(), dim=-1)
+    assert cosine.mean() > 0.999
+
+
+async def test_the_output_features_are_rms_normalised(
+    stub: audio_pb2_grpc.AudioEncoderStub,
+) -> None:
+    # The default bundle's RMSNorm weight is neutral (ones): every frame has unit RMS.
+    (out,) = await encode(stub, [encoded_audio(speech_like(1.5, 16000), 16000)])
+    rms = out.float().pow(2).mean(dim=-1).sqrt()
+    torch.testing.assert_close(rms, torch.ones_like(rms), atol=1e-2, rtol=0)
+
+
+async def test_a_batch_gives_what_each_clip_gives_alone(
+    stub: audio_pb2_grpc.AudioEncoderStub,
+) -> None:
+    clips = [encoded_audio(speech_like(0.5 + 0.7 * i, 16000, seed=i), 16000) for i in range(4)]
+    together = await encode(stub, clips)
+    alone = [(await encode(stub, [clip]))[0] for clip in clips]
+    assert [t.shape[0] for t in together] == [frames(0.5 + 0.7 * i) for i in range(4)]
+    for batched, single in zip(together, alone, strict=True):
+        torch.testing.assert_close(batched, single, atol=2e-2, rtol=1e-2)
+
+
+async def test_info_describes_the_int8_tower(stub: audio_pb2_grpc.AudioEncoderStub) -> None:
+    info = EncoderInfo.from_pb(await stub.Info(encoder_pb2.EncoderInfoRequest()))
+    assert info == EncoderInfo(
+        model="Wav2Vec2Model",
+        device="cpu",
+        dtype="float32",
+        quantization="int8",
+        hidden_size=HIDDEN,
+        max_items=16,
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "message"),
+    [
+        (b"definitely not audio", grpc.StatusCode.INVALID_ARGUMENT, "unsupported audio format"),
+        (b"OggS" + bytes(64), grpc.StatusCode.INVALID_ARGUMENT, "expected WAV, FLAC or MP3"),
+        (audio_bytes(1.0)[:30], grpc.StatusCode.INVALID_ARGUMENT, "cannot decode the WAV"),
+        (b"fLaC" + bytes(60), grpc.StatusCode.INVALID_ARGUMENT, "cannot decode the FLAC"),
+        (audio_bytes(0.01), grpc.StatusCode.INVALID_ARGUMENT, "shorter than the tower's minimum"),
+        (
+            encoded_audio(np.full(1000, np.nan, np.float32), 16000, "WAV", "FLOAT"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NaN",
+        ),
+        (
+            audio_bytes(MAX_SECONDS + 1, 8000, "FLAC"),
+            grpc.StatusCode.OUT_OF_RANGE,
+            f"exceeds the limit of {MAX_SECONDS} s",
+        ),
+    ],
+    ids=["garbage", "ogg", "truncated-wav", "flac-marker-only", "too-short", "nan", "too-long"],
+)
+async def test_bad_clips_are_refused_with_a_clear_status(
+    stub: audio_pb2_grpc.AudioEncoderStub, data: bytes, code: grpc.StatusCode, message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await encode(stub, [audio_bytes(0.5), data])
+    assert raised.value.code() == code
+    assert raised.value.details().startswith("item 1: ")
+    assert message in raised.value.details()
+
+
+async def test_requests_and_responses_over_4_mib_go_through(
+    stub: audio_pb2_grpc.AudioEncoderStub,
+) -> None:
+    # 8 clips of 45 s: 11.5 MB of 16-bit WAV in, 8 x 2249 frames x 128 x 2 bytes (4.6 MB) out.
+    clips = [encoded_audio(speech_like(45.0, 16000, seed=i), 16000) for i in range(8)]
+    request = encode_request_to_pb([MediaItem(clip) for clip in clips])
+    assert request.ByteSize() > FOUR_MIB
+    reply = await stub.Encode(request)
+    assert reply.ByteSize() > FOUR_MIB
+    # Long clips are encoded in windows whose frames are joined: about 50 per second still.
+    assert all(abs(t.shape[0] - frames(45.0)) <= 5 for t in reply.embeddings)
+
+
+async def test_health_is_named_not_serving_until_loaded_and_overall_serving(
+    audio: Started,
+) -> None:
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert audio.startup_statuses == [not_serving, serving]
+    async with client_channel(audio.process.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", AUDIO_SERVICE):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == serving
+
+
+def test_reflection_lists_the_service(audio: Started) -> None:
+    services, methods = reflection(audio.process.target, AUDIO_SERVICE)
+    assert AUDIO_SERVICE in services
+    assert "grpc.health.v1.Health" in services
+    assert sorted(methods) == ["Encode", "Info"]

@@ -1,0 +1,99 @@
+"""Decoding and resampling, without a tower: pure functions on bytes and samples."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.audio.preprocess import AudioLimits, decode_audio, resample
+from services.audio.preprocess import sniff_format as sniff_audio
+from services.common.errors import InvalidInput, TooLarge
+from services.vision.preprocess import ImageLimits, decode_image
+from services.vision.preprocess import sniff_format as sniff_image
+from tests.encoders.helpers import encoded_audio
+from tests.media import audio_bytes, image_bytes
+
+LIMITS = AudioLimits(max_bytes=2**24, max_seconds=60.0)
+
+
+def tone(hz: float, rate: int, seconds: float = 1.0) -> np.ndarray:
+    return np.sin(2 * np.pi * hz * np.arange(int(seconds * rate)) / rate).astype(np.float32)
+
+
+def peak_hz(samples: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_resampling_keeps_pitch_and_duration(rate: int) -> None:
+    out = resample(tone(1000, rate), rate, 16000)
+    assert out.dtype == np.float32
+    assert len(out) == 16000
+    assert peak_hz(out, 16000) == pytest.approx(1000, abs=2)
+    # Amplitude survives: an RMS of 1/sqrt(2) for a unit sine (away from the edges).
+    assert np.sqrt(np.mean(out[1000:-1000] ** 2)) == pytest.approx(0.5**0.5, rel=0.01)
+
+
+def test_resampling_filters_out_what_16k_cannot_hold() -> None:
+    # A 10 kHz tone is above the 8 kHz Nyquist limit of 16 kHz audio: a proper low-pass
+    # removes it; naive interpolation would fold it back as a 6 kHz alias.
+    out = resample(tone(10_000, 44100), 44100, 16000)
+    assert np.sqrt(np.mean(out[1000:-1000] ** 2)) < 0.01
+
+
+def test_odd_rates_resample_quickly() -> None:
+    start = time.perf_counter()
+    out = resample(tone(440, 44101, seconds=5.0), 44101, 16000)
+    assert time.perf_counter() - start < 2.0
+    assert abs(len(out) - 5 * 16000) <= 1
+    assert peak_hz(out, 16000) == pytest.approx(440, abs=1)
+
+
+def test_formats_are_sniffed_from_the_bytes() -> None:
+    assert sniff_image(image_bytes("PNG")) == "PNG"
+    assert sniff_image(image_bytes("JPEG")) == "JPEG"
+    assert sniff_image(image_bytes("WEBP")) == "WEBP"
+    assert sniff_audio(audio_bytes(0.1, format="WAV")) == "WAV"
+    assert sniff_audio(audio_bytes(0.1, format="FLAC")) == "FLAC"
+    assert (
+        sniff_audio(encoded_audio(tone(440, 24000, 0.2), 24000, "MP3", "MPEG_LAYER_III")) == "MP3"
+    )
+    for data in (b"", b"BM" + bytes(60), b"RIFF\0\0\0\0AVI LIST"):
+        with pytest.raises(InvalidInput):
+            sniff_image(data)
+        with pytest.raises(InvalidInput):
+            sniff_audio(data)
+
+
+def test_images_are_decoded_upright_and_in_rgb() -> None:
+    # A 40x20 grey-alpha picture stored sideways, with EXIF orientation 6 (rotate 90 on show).
+    image = Image.new("LA", (40, 20), (128, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    image.convert("RGB").save(out, "JPEG", exif=exif)
+    decoded = decode_image(out.getvalue(), ImageLimits(max_bytes=2**20, max_pixels=2**20))
+    assert decoded.mode == "RGB"
+    assert decoded.size == (20, 40)
+
+
+def test_clips_are_downmixed_to_mono() -> None:
+    voice, other = 0.5 * tone(300, 16000), 0.3 * tone(2000, 16000)
+    stereo = np.stack([voice + other, voice - other], axis=1)
+    decoded = decode_audio(encoded_audio(stereo, 16000, subtype="FLOAT"), LIMITS, 16000)
+    np.testing.assert_allclose(decoded, voice, atol=1e-6)
+
+
+def test_clip_limits_come_from_the_header() -> None:
+    limits = AudioLimits(max_bytes=2**20, max_seconds=2.0, min_samples=400)
+    with pytest.raises(TooLarge, match=r"2\.5 s exceeds the limit of 2 s"):
+        decode_audio(audio_bytes(2.5, 8000, "FLAC"), limits, 16000)
+    with pytest.raises(TooLarge, match="bytes exceeds"):
+        decode_audio(audio_bytes(1.0), AudioLimits(max_bytes=1000, max_seconds=2.0), 16000)
+    with pytest.raises(InvalidInput, match=r"shorter than the tower's minimum of 25\.0 ms"):
+        decode_audio(audio_bytes(0.02), limits, 16000)
