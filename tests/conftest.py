@@ -10,14 +10,16 @@ import pytest
 
 from bundle.build import build_bundle
 from bundle.layout import Bundle
+from services import cli
 from tests.support import ServiceProcess, spawn
 
 
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default bundle, as `make up` builds it."""
+    """The default bundle as `make up` builds it: FP weights plus the GPTQ 4-bit decoder."""
     root = tmp_path_factory.mktemp("bundle") / "default"
     build_bundle(root)
+    assert cli.main(["quantize", str(root), "--bits", "4", "--group-size", "128"]) == 0
     return root
 
 

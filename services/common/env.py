@@ -16,6 +16,7 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_HOST": "address every server binds (default 127.0.0.1)",
     "AUTOGLM_LOG_LEVEL": "debug, info, warning or error",
     "AUTOGLM_MAX_MESSAGE_MB": "gRPC send/receive message limit in MiB",
+    "AUTOGLM_DEVICE": "device of every process whose own *_DEVICE is unset: cpu, cuda:N or auto",
     # Encoders.
     "AUTOGLM_VISION_PORT": "vision encoder gRPC port (50051)",
     "AUTOGLM_VISION_DEVICE": "vision encoder device: cpu, cuda:N or auto",
@@ -29,13 +30,24 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_DECODER_QUANT": "decoder weights: gptq, nf4, int8 or none",
     "AUTOGLM_DECODER_MAX_RUNNING_REQUESTS": "requests decoded together in one batch",
     "AUTOGLM_DECODER_MAX_TOTAL_TOKENS": "KV cache capacity in tokens, shared by all requests",
+    "AUTOGLM_DECODER_DTYPE": "decoder activation dtype: auto, float32, bfloat16 or float16",
+    "AUTOGLM_DECODER_MAX_MODEL_LEN": "longest prompt + completion (0: the model's context length)",
+    "AUTOGLM_DECODER_PREFILL_CHUNK_TOKENS": "prompt tokens prefilled per engine step",
+    "AUTOGLM_DECODER_KV_BLOCK_SIZE": "tokens per KV cache block",
     # Gateway.
     "AUTOGLM_GATEWAY_PORT": "gateway HTTP port (8000)",
+    "AUTOGLM_GATEWAY_DEVICE": "gateway device (FP16 fusion): cpu, cuda:N or auto",
     "AUTOGLM_GATEWAY_API_KEY": "bearer key the gateway requires (empty: no auth)",
     "AUTOGLM_GATEWAY_VISION_TARGET": "gRPC target of the vision encoder(s), e.g. dns:///vision:50051",
     "AUTOGLM_GATEWAY_AUDIO_TARGET": "gRPC target of the audio encoder(s)",
     "AUTOGLM_GATEWAY_DECODER_TARGET": "gRPC target of the decoder",
     "AUTOGLM_GATEWAY_IMAGE_URL_ALLOWLIST": "hosts image_url may fetch from, comma-separated",
+    "AUTOGLM_GATEWAY_REQUEST_TIMEOUT_S": "deadline of one request through encoders and decoder",
+    "AUTOGLM_GATEWAY_MAX_BODY_MB": "largest request body the gateway accepts (413 above)",
+    "AUTOGLM_GATEWAY_KEEP_REASONING_INLINE": "keep <think>...</think> in content by default",
+    "AUTOGLM_GATEWAY_EMBEDDING_CACHE_MB": "encoder outputs cached by content hash (0: off)",
+    # `autoglm up` (the launcher) also reads the per-service variables above.
+    "AUTOGLM_UP_STARTUP_TIMEOUT_S": "seconds `autoglm up` waits for the stack to be ready (600)",
 }
 
 

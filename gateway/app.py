@@ -1,0 +1,244 @@
+"""The OpenAI-compatible HTTP server: app factory, routes, and ``run(config)``.
+
+Routes stay thin: validate (pydantic, in the signature), hand the body to the pipeline, format.
+Errors are never caught here; ``gateway.errors`` maps them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import re
+import secrets
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import grpc
+import httpx
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from bundle.layout import Bundle
+from gateway.chat import ChatPrompter
+from gateway.clients import ServiceClients
+from gateway.config import GatewayConfig
+from gateway.errors import AuthenticationFailed, ModelNotFound, install_error_handlers
+from gateway.formatting import Formatter
+from gateway.fusion import FusionModel
+from gateway.limits import BodySizeLimit
+from gateway.media import MediaLoader
+from gateway.openapi import ERROR_RESPONSES, STREAM_RESPONSE, truthful_openapi
+from gateway.pipeline import ChoiceEvent, Job, Pipeline
+from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.responses import ChatCompletion, Completion, ModelCard, ModelList
+from services.common.device import resolve_device
+from services.common.grpc_server import configure_logging
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.25
+MODEL_INFO_TIMEOUT_S = 2.0
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class Gateway:
+    """What the routes share, built once at start-up."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.bundle = Bundle.load(config.bundle)
+        prompter = ChatPrompter.from_pretrained(self.bundle.decoder)
+        fusion = FusionModel.from_pretrained(self.bundle.fusion, resolve_device(config.device))
+        self.http = httpx.AsyncClient()
+        self.clients = ServiceClients(config)
+        self.pipeline = Pipeline(
+            config, prompter, fusion, self.clients, MediaLoader(config, self.http)
+        )
+        version = importlib.metadata.version("autoglm-serve")
+        self.formatter = Formatter(
+            model=self.bundle.served_model_name,
+            system_fingerprint=f"autoglm-serve-{version}",
+            tokenizer=prompter.tokenizer.backend_tokenizer,
+        )
+        self.started = int(time.time())
+
+    async def close(self) -> None:
+        await self.clients.close()
+        await self.http.aclose()
+
+    def check_model(self, name: str) -> None:
+        if name != self.bundle.served_model_name:
+            raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
+
+    async def model_card(self) -> ModelCard:
+        """The served model; its context length comes from the decoder when it answers."""
+        try:
+            info = await self.clients.decoder_info(uuid.uuid4().hex, timeout=MODEL_INFO_TIMEOUT_S)
+        except grpc.aio.AioRpcError:
+            max_model_len = None
+        else:
+            max_model_len = info.max_model_len
+        return ModelCard(
+            id=self.bundle.served_model_name, created=self.started, max_model_len=max_model_len
+        )
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _authenticate(request: Request) -> None:
+    key = _gateway(request).config.api_key
+    if not key:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), key.encode()):
+        raise AuthenticationFailed("Incorrect API key provided.")
+
+
+def _request_id(request: Request) -> str:
+    """The caller's X-Request-Id when it is a plain token (it travels as gRPC metadata)."""
+    given = request.headers.get("x-request-id", "")
+    return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+async def _until_disconnected(request: Request, work: Callable[[], Awaitable[T]]) -> T | None:
+    """Run ``work``, cancelling it (and so its decoder calls) if the client goes away."""
+    result: list[T] = []
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while not await request.is_disconnected():
+                await anyio.sleep(DISCONNECT_POLL_S)
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        result.append(await work())
+        group.cancel_scope.cancel()
+    return result[0] if result else None
+
+
+async def _respond(
+    request: Request,
+    job: Job,
+    collect: Callable[[Job, AsyncIterator[ChoiceEvent]], Awaitable[Any]],
+    stream: Callable[[Job, AsyncIterator[ChoiceEvent]], AsyncIterator[str]],
+) -> Response:
+    events = job.events()
+    if not job.params.stream:
+        async with contextlib.aclosing(events):
+            body = await _until_disconnected(request, lambda: collect(job, events))
+        if body is None:  # the client left; nobody reads this
+            return Response(status_code=499)
+        return JSONResponse(body.model_dump())
+    # The first event is awaited before the status line goes out, so an error the decoder
+    # reports at once (prompt too long, overloaded) still gets its proper HTTP status.
+    first = await anext(events)
+
+    async def replay() -> AsyncGenerator[ChoiceEvent]:
+        async with contextlib.aclosing(events):
+            yield first
+            async for event in events:
+                yield event
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(job, replay()), media_type="text/event-stream", headers=headers)
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(_authenticate)], responses=ERROR_RESPONSES)
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses=STREAM_RESPONSE,
+    summary="Create a chat completion (streamed as server-sent events when stream is true)",
+)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    gateway = _gateway(request)
+    gateway.check_model(body.model)
+    job = await gateway.pipeline.prepare_chat(body, _request_id(request))
+    return await _respond(
+        request, job, gateway.formatter.chat_completion, gateway.formatter.chat_stream
+    )
+
+
+@router.post(
+    "/completions",
+    response_model=Completion,
+    responses=STREAM_RESPONSE,
+    summary="Create a text completion from a raw prompt (streamed when stream is true)",
+)
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    gateway = _gateway(request)
+    gateway.check_model(body.model)
+    job = await gateway.pipeline.prepare_completion(body, _request_id(request))
+    return await _respond(
+        request, job, gateway.formatter.completion, gateway.formatter.completion_stream
+    )
+
+
+@router.get("/models", response_model=ModelList, summary="List the served model")
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=[await _gateway(request).model_card()])
+
+
+@router.get("/models/{model_id}", response_model=ModelCard, summary="Describe one model")
+async def get_model(model_id: str, request: Request) -> ModelCard:
+    gateway = _gateway(request)
+    gateway.check_model(model_id)
+    return await gateway.model_card()
+
+
+async def health(request: Request) -> JSONResponse:
+    """200 when all three services report SERVING under their names, else 503."""
+    services = await _gateway(request).clients.health()
+    ok = all(services.values())
+    payload = {"status": "ok" if ok else "unavailable", "services": services}
+    return JSONResponse(payload, status_code=200 if ok else 503)
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.gateway = Gateway(config)
+        try:
+            yield
+        finally:
+            await app.state.gateway.close()
+
+    app = FastAPI(
+        title="autoglm-serve",
+        summary="OpenAI-compatible API of the AutoGLM multimodal server",
+        version=importlib.metadata.version("autoglm-serve"),
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    app.add_api_route(
+        "/health",
+        health,
+        methods=["GET"],
+        summary="Readiness: 200 once vision, audio and decoder all report SERVING, else 503",
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    app.openapi = lambda: truthful_openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def run(config: GatewayConfig) -> int:
+    configure_logging(config.log_level)
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    return 0

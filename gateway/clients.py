@@ -1,0 +1,197 @@
+"""gRPC clients of the three services, as the gateway uses them.
+
+Channels carry the message limits from config and gRPC's ``round_robin`` policy, so a
+``dns:///vision:50051`` target spreads calls over every replica the name resolves to. Every
+call carries the request id (``x-request-id`` metadata) and the request's one deadline. The two
+encoders are called concurrently in one task group; their outputs are cached by content hash
+(an LRU bounded in bytes), so an agent that resends its old screenshots does not re-encode them.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from collections.abc import AsyncGenerator, Sequence
+
+import anyio
+import grpc
+import torch
+
+from autoglm.v1 import (
+    audio_pb2_grpc,
+    decoder_pb2,
+    decoder_pb2_grpc,
+    encoder_pb2,
+    vision_pb2_grpc,
+)
+from gateway.config import GatewayConfig
+from gateway.media import Media
+from services.common.encoder_types import (
+    EncoderInfo,
+    embeddings_from_pb,
+    encode_request_to_pb,
+)
+from services.common.grpc_server import channel_options
+from services.common.health import AUDIO_SERVICE, DECODER_SERVICE, VISION_SERVICE, is_serving
+from services.decoder.types import DecoderInfo, GenerateOutput, GenerateRequest
+
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+class Deadline:
+    """One request's deadline, shared by every call made for it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request's deadline passed")
+        return left
+
+
+class EmbeddingCache:
+    """Encoder outputs by (kind, sha256), least recently used first out, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: collections.OrderedDict[tuple[str, str], torch.Tensor] = (
+            collections.OrderedDict()
+        )
+        self.hits = 0
+
+    def get(self, key: tuple[str, str]) -> torch.Tensor | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+        return found
+
+    def put(self, key: tuple[str, str], tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if size > self.max_bytes or key in self._items:
+            return
+        self._items[key] = tensor
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self.bytes -= dropped.numel() * dropped.element_size()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class ServiceClients:
+    def __init__(self, config: GatewayConfig) -> None:
+        options = [*channel_options(config), ("grpc.service_config", ROUND_ROBIN)]
+        self.channels = {
+            VISION_SERVICE: grpc.aio.insecure_channel(config.vision_target, options=options),
+            AUDIO_SERVICE: grpc.aio.insecure_channel(config.audio_target, options=options),
+            DECODER_SERVICE: grpc.aio.insecure_channel(config.decoder_target, options=options),
+        }
+        self.vision = vision_pb2_grpc.VisionEncoderStub(self.channels[VISION_SERVICE])
+        self.audio = audio_pb2_grpc.AudioEncoderStub(self.channels[AUDIO_SERVICE])
+        self.decoder = decoder_pb2_grpc.DecoderStub(self.channels[DECODER_SERVICE])
+        self.cache = EmbeddingCache(config.embedding_cache_bytes)
+        self._max_items: dict[str, int] = {}
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
+
+    async def health(self) -> dict[str, bool]:
+        """Each service's named health status (the overall one is SERVING from the start)."""
+        status: dict[str, bool] = {}
+
+        async def check(name: str) -> None:
+            status[name] = await is_serving(self.channels[name], name)
+
+        async with anyio.create_task_group() as group:
+            for name in self.channels:
+                group.start_soon(check, name)
+        return status
+
+    async def decoder_info(self, request_id: str, timeout: float = 5.0) -> DecoderInfo:
+        reply = await self.decoder.Info(
+            decoder_pb2.DecoderInfoRequest(), timeout=timeout, metadata=_metadata(request_id)
+        )
+        return DecoderInfo.from_pb(reply)
+
+    async def encode(
+        self, media: Sequence[Media], request_id: str, deadline: Deadline
+    ) -> list[torch.Tensor]:
+        """One embedding [rows, d_enc] per item, in order; cached items are not re-sent."""
+        results: list[torch.Tensor | None] = [self.cache.get((m.kind, m.sha256)) for m in media]
+        missing = [i for i, found in enumerate(results) if found is None]
+
+        async def run(kind: str, indices: list[int]) -> None:
+            embeddings = await self._encode_kind(
+                kind, [media[i] for i in indices], request_id, deadline
+            )
+            for i, embedding in zip(indices, embeddings, strict=True):
+                results[i] = embedding
+                self.cache.put((kind, media[i].sha256), embedding)
+
+        with anyio.fail_after(deadline.remaining()):
+            async with anyio.create_task_group() as group:
+                for kind in ("image", "audio"):
+                    indices = [i for i in missing if media[i].kind == kind]
+                    if indices:
+                        group.start_soon(run, kind, indices)
+        return [r for r in results if r is not None]
+
+    async def _encode_kind(
+        self, kind: str, items: list[Media], request_id: str, deadline: Deadline
+    ) -> list[torch.Tensor]:
+        """Batches of at most the encoder's max_items, sent concurrently."""
+        stub = self.vision if kind == "image" else self.audio
+        name = VISION_SERVICE if kind == "image" else AUDIO_SERVICE
+        if name not in self._max_items:
+            info = await stub.Info(
+                encoder_pb2.EncoderInfoRequest(),
+                timeout=deadline.remaining(),
+                metadata=_metadata(request_id),
+            )
+            self._max_items[name] = max(EncoderInfo.from_pb(info).max_items, 1)
+        size = self._max_items[name]
+        batches = [items[i : i + size] for i in range(0, len(items), size)]
+        outputs: list[list[torch.Tensor]] = [[] for _ in batches]
+
+        async def run(index: int) -> None:
+            batch = batches[index]
+            reply = await stub.Encode(
+                encode_request_to_pb([m.to_item() for m in batch]),
+                timeout=deadline.remaining(),
+                metadata=_metadata(request_id),
+            )
+            outputs[index] = embeddings_from_pb(reply)
+            if len(outputs[index]) != len(batch):
+                raise RuntimeError(
+                    f"{name} returned {len(outputs[index])} embeddings for {len(batch)}"
+                )
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(batches)):
+                group.start_soon(run, index)
+        return [embedding for batch_out in outputs for embedding in batch_out]
+
+    async def generate(
+        self, request: GenerateRequest, request_id: str, deadline: Deadline
+    ) -> AsyncGenerator[GenerateOutput]:
+        """The decoder's stream. Closing this generator early (client gone, stop string
+        matched) cancels the call, and the decoder frees the request's KV cache."""
+        call = self.decoder.Generate(
+            request.to_pb(), timeout=deadline.remaining(), metadata=_metadata(request_id)
+        )
+        try:
+            async for reply in call:
+                yield GenerateOutput.from_pb(reply, request.request_id)
+        finally:
+            call.cancel()
+
+
+def _metadata(request_id: str) -> tuple[tuple[str, str], ...]:
+    return (("x-request-id", request_id),)

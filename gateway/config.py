@@ -1,0 +1,101 @@
+"""The gateway's settings. Light on purpose: the CLI imports it to build `autoglm serve gateway`
+flags, so nothing heavy (no torch, no fastapi) may be imported here."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from services.common.config import ServiceConfig
+
+MIB = 1024 * 1024
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayConfig(ServiceConfig):
+    ENV_PREFIX: ClassVar[str] = "GATEWAY"
+
+    port: int = 8000
+    # gRPC targets: "host:port", or "dns:///name:port" to balance over every address (round_robin).
+    vision_target: str = dataclasses.field(
+        default="127.0.0.1:50051", metadata=_help("gRPC target of the vision encoder(s)")
+    )
+    audio_target: str = dataclasses.field(
+        default="127.0.0.1:50052", metadata=_help("gRPC target of the audio encoder(s)")
+    )
+    decoder_target: str = dataclasses.field(
+        default="127.0.0.1:50053", metadata=_help("gRPC target of the decoder")
+    )
+    api_key: str = dataclasses.field(
+        default="", metadata=_help("bearer key clients must send; empty: no authentication")
+    )
+    request_timeout_s: float = dataclasses.field(
+        default=600.0, metadata=_help("deadline of one request, encoders and decoder together")
+    )
+    default_max_tokens: int = dataclasses.field(
+        default=1024, metadata=_help("completion length when a request sets no max_tokens")
+    )
+    max_body_mb: int = dataclasses.field(default=64, metadata=_help("largest request body"))
+    max_images_per_request: int = dataclasses.field(
+        default=16, metadata=_help("most images in one request")
+    )
+    max_audios_per_request: int = dataclasses.field(
+        default=4, metadata=_help("most audio clips in one request")
+    )
+    max_image_mb: int = dataclasses.field(default=20, metadata=_help("largest image file"))
+    max_image_pixels: int = dataclasses.field(
+        default=40_000_000, metadata=_help("largest image width*height, read from its header")
+    )
+    max_audio_mb: int = dataclasses.field(default=25, metadata=_help("largest audio file"))
+    max_audio_seconds: float = dataclasses.field(
+        default=600.0, metadata=_help("longest audio clip, read from its header")
+    )
+    image_url_allowlist: tuple[str, ...] = dataclasses.field(
+        default=(), metadata=_help("hosts http(s) image_url may be fetched from (empty: none)")
+    )
+    image_fetch_timeout_s: float = dataclasses.field(
+        default=10.0, metadata=_help("time limit for fetching one allowlisted image URL")
+    )
+    keep_reasoning_inline: bool = dataclasses.field(
+        default=False,
+        metadata=_help("keep <think>...</think> inline in content unless a request says otherwise"),
+    )
+    embedding_cache_mb: int = dataclasses.field(
+        default=256, metadata=_help("encoder outputs kept by content hash (0: no cache)")
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("vision_target", "audio_target", "decoder_target"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+        positive = (
+            "request_timeout_s", "default_max_tokens", "max_body_mb", "max_image_mb",
+            "max_image_pixels", "max_audio_mb", "max_audio_seconds", "image_fetch_timeout_s",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_images_per_request", "max_audios_per_request", "embedding_cache_mb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_body_mb * MIB
+
+    @property
+    def max_image_bytes(self) -> int:
+        return self.max_image_mb * MIB
+
+    @property
+    def max_audio_bytes(self) -> int:
+        return self.max_audio_mb * MIB
+
+    @property
+    def embedding_cache_bytes(self) -> int:
+        return self.embedding_cache_mb * MIB

@@ -1,0 +1,149 @@
+"""The one error mapper: any exception -> an OpenAI error body and an HTTP status.
+
+Used twice: as the FastAPI exception handlers (before a response started) and for the error
+chunk of a stream that already began. Only messages known to be safe reach a client: domain
+errors (``services.common.errors``), the gateway's own ``ApiError``s, validation messages and the
+details of gRPC INVALID_ARGUMENT/OUT_OF_RANGE/RESOURCE_EXHAUSTED (written by the services'
+domain code). Everything else gets a fixed message; its text is only logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import pydantic
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from gateway.responses import ErrorBody, ErrorResponse
+from services.common.errors import InvalidInput, NotReady, Overloaded, ServiceError
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_S = "1"
+
+
+class ApiError(Exception):
+    """An error the gateway raises itself, with the status and OpenAI type it maps to."""
+
+    status = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class AuthenticationFailed(ApiError):
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class ModelNotFound(ApiError):
+    status, code = 404, "model_not_found"
+
+
+class BodyTooLarge(ApiError):
+    status, code = 413, "request_too_large"
+
+
+@dataclasses.dataclass(frozen=True)
+class MappedError:
+    status: int
+    body: ErrorResponse
+    headers: dict[str, str]
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body.model_dump(), status_code=self.status, headers=self.headers)
+
+
+def _mapped(
+    status: int, message: str, kind: str, param: str | None = None, code: str | None = None
+) -> MappedError:
+    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else {}
+    body = ErrorResponse(error=ErrorBody(message=message, type=kind, param=param, code=code))
+    return MappedError(status, body, headers)
+
+
+def _from_grpc(exc: grpc.aio.AioRpcError) -> MappedError:
+    code = exc.code()
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+        return _mapped(400, exc.details() or "invalid request", "invalid_request_error")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return _mapped(
+            429, exc.details() or "server overloaded", "rate_limit_error", code="overloaded"
+        )
+    if code == grpc.StatusCode.UNAVAILABLE:
+        # The details of a failed connection name addresses: a fixed message instead.
+        return _mapped(
+            503, "a model service is unavailable; retry later", "service_unavailable_error"
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return _mapped(504, "the request did not finish within its deadline", "timeout_error")
+    log.error("model service failed: %s %s", code, exc.details())
+    return _mapped(500, "internal error", "server_error")
+
+
+def _location(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts)
+
+
+def _from_validation(errors: Sequence[Any]) -> MappedError:
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        return _mapped(400, "the request body is not valid JSON", "invalid_request_error")
+    where = _location(first.get("loc", ()))
+    message = f"{where}: {first['msg']}" if where else str(first["msg"])
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more errors)"
+    return _mapped(400, message, "invalid_request_error", param=where or None)
+
+
+def map_exception(exc: BaseException) -> MappedError:
+    """The status and OpenAI body for any exception. A task group's ExceptionGroup is mapped
+    by its first error: that one failure is what ended the request."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, ApiError):
+        return _mapped(exc.status, str(exc), exc.type, exc.param, exc.code)
+    if isinstance(exc, RequestValidationError):
+        return _from_validation(exc.errors())
+    if isinstance(exc, pydantic.ValidationError):
+        return _from_validation(exc.errors(include_input=False))
+    if isinstance(exc, ServiceError):
+        if isinstance(exc, InvalidInput):
+            return _mapped(400, str(exc), "invalid_request_error")
+        if isinstance(exc, Overloaded):
+            return _mapped(429, str(exc), "rate_limit_error", code="overloaded")
+        if isinstance(exc, NotReady):
+            return _mapped(503, str(exc), "service_unavailable_error")
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return _from_grpc(exc)
+    if isinstance(exc, HTTPException):
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return _mapped(exc.status_code, str(exc.detail), kind)
+    if isinstance(exc, TimeoutError):
+        return _mapped(504, "the request did not finish within its deadline", "timeout_error")
+    log.error("unexpected error", exc_info=exc)
+    return _mapped(500, "internal error", "server_error")
+
+
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    return map_exception(exc).response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as OpenAI's {"error": {...}}; no per-route try/except. The expected
+    kinds are named so Starlette handles them in place; ``Exception`` catches the rest."""
+    expected = (
+        ApiError, ServiceError, grpc.aio.AioRpcError, TimeoutError, HTTPException,
+        RequestValidationError, pydantic.ValidationError, ExceptionGroup,
+    )  # fmt: skip
+    for kind in (*expected, Exception):
+        app.add_exception_handler(kind, _handle)

@@ -1,0 +1,216 @@
+"""One request's way through the gateway, between the HTTP layer and the services.
+
+``prepare_*`` does everything before generation (media checks and hashing, the encoders
+concurrently, FP16 fusion, the chat template with placeholder spans); ``Job.events()`` then runs
+the request's n choices on the decoder and yields what each produced, already detokenized,
+stop-string-trimmed and split into content and reasoning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import torch
+
+from gateway.chat import ChatPrompter, Prompt
+from gateway.clients import Deadline, ServiceClients
+from gateway.config import GatewayConfig
+from gateway.fusion import FusionModel
+from gateway.media import MediaLoader
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, GenerationParams
+from gateway.reasoning import Delta, OutputParser, ReasoningOutput
+from services.decoder.types import GenerateRequest, MultimodalSegment, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ChoiceEvent:
+    index: int
+    delta: Delta
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: str | None = None
+
+
+@dataclasses.dataclass
+class Counts:
+    prompt_tokens: int
+    image_tokens: int
+    audio_tokens: int
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclasses.dataclass
+class Job:
+    """A prepared request; ``events()`` may be iterated once."""
+
+    id: str
+    request_id: str  # the client's (or a fresh) id, sent to every service as x-request-id
+    created: int
+    params: GenerationParams
+    generate_requests: list[GenerateRequest]
+    new_parser: Callable[[], OutputParser]
+    clients: ServiceClients
+    deadline: Deadline
+    counts: Counts
+
+    async def events(self) -> AsyncGenerator[ChoiceEvent]:
+        """Every choice's events as they come; closing this early cancels every decoder call."""
+        queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
+
+        async def produce(index: int) -> None:
+            try:
+                async for event in self._choice(index):
+                    await queue.put(event)
+                await queue.put(None)
+            except Exception as exc:
+                await queue.put(exc)
+
+        tasks = [asyncio.create_task(produce(i)) for i in range(len(self.generate_requests))]
+        try:
+            running = len(tasks)
+            while running:
+                item = await queue.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _choice(self, index: int) -> AsyncIterator[ChoiceEvent]:
+        parser = self.new_parser()
+        request = self.generate_requests[index]
+        stream = self.clients.generate(request, self.request_id, self.deadline)
+        async with contextlib.aclosing(stream):
+            async for output in stream:
+                delta = parser.feed(output.token_ids)
+                self.counts.completion_tokens += delta.tokens
+                finish = "stop" if parser.stopped else None
+                if finish is None and output.finish_reason is not None:
+                    tail = parser.finish()
+                    delta.content += tail.content
+                    delta.reasoning += tail.reasoning
+                    finish = output.finish_reason.value
+                if finish is not None:
+                    self.counts.reasoning_tokens += parser.reasoning_tokens
+                yield ChoiceEvent(index, delta, output.logprobs[: delta.tokens], finish)
+                if finish is not None:
+                    return
+        raise RuntimeError("the decoder's stream ended without a finish reason")
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        prompter: ChatPrompter,
+        fusion: FusionModel,
+        clients: ServiceClients,
+        media: MediaLoader,
+    ) -> None:
+        self.config = config
+        self.prompter = prompter
+        self.tokenizer = prompter.tokenizer.backend_tokenizer
+        self.fusion = fusion
+        self.clients = clients
+        self.media = media
+
+    async def prepare_chat(self, body: ChatCompletionRequest, request_id: str) -> Job:
+        deadline = Deadline(self.config.request_timeout_s)
+        media = await self.media.load(body.media_parts())
+        encoded = await self.clients.encode(media, request_id, deadline)
+        vision = [e for m, e in zip(media, encoded, strict=True) if m.kind == "image"]
+        audio = [e for m, e in zip(media, encoded, strict=True) if m.kind == "audio"]
+        fused_vision, fused_audio = (
+            await anyio.to_thread.run_sync(self.fusion.fuse, vision, audio) if media else ([], [])
+        )
+        fused = iter(fused_vision), iter(fused_audio)
+        # back to request order: fusion returns all images, then all clips
+        embeddings = [next(fused[0] if m.kind == "image" else fused[1]) for m in media]
+        template_kwargs = dict(body.chat_template_kwargs or {})
+        prompt = self.prompter.render(
+            body.messages,
+            [(m.kind, int(e.shape[0])) for m, e in zip(media, embeddings, strict=True)],
+            enable_thinking=body.thinking,
+            add_generation_prompt=body.add_generation_prompt,
+            tools=body.tools,
+            template_kwargs=template_kwargs,
+        )
+        segments = tuple(
+            MultimodalSegment(p.offset, e.to(torch.float16))
+            for p, e in zip(prompt.placeholders, embeddings, strict=True)
+        )
+        log.info(
+            "%s: %d prompt tokens (%d image, %d audio), %d media items",
+            request_id, len(prompt.input_ids), prompt.media_tokens("image"),
+            prompt.media_tokens("audio"), len(media),
+        )  # fmt: skip
+        parser = dict(thinking=body.thinking, reasoning=self._reasoning_output(body))
+        return self._job("chatcmpl", body, request_id, deadline, prompt, segments, parser)
+
+    def _reasoning_output(self, body: ChatCompletionRequest) -> ReasoningOutput:
+        """Inline (request field, else the server default) beats separate beats left out."""
+        inline = body.keep_reasoning_inline
+        if inline is None:
+            inline = self.config.keep_reasoning_inline
+        if inline:
+            return ReasoningOutput.INLINE
+        return ReasoningOutput.SEPARATE if body.return_reasoning else ReasoningOutput.DROP
+
+    async def prepare_completion(self, body: CompletionRequest, request_id: str) -> Job:
+        prompt = Prompt(self.prompter.encode_prompt(body.prompt_text), [])
+        deadline = Deadline(self.config.request_timeout_s)
+        return self._job("cmpl", body, request_id, deadline, prompt, (), {"split_reasoning": False})
+
+    def _job(
+        self,
+        prefix: str,
+        body: GenerationParams,
+        request_id: str,
+        deadline: Deadline,
+        prompt: Prompt,
+        segments: tuple[MultimodalSegment, ...],
+        parser: dict[str, Any],
+    ) -> Job:
+        stopping = body.to_stopping_params(self.config.default_max_tokens)
+        job_id = f"{prefix}-{uuid.uuid4().hex}"
+        requests = [
+            GenerateRequest(
+                request_id=f"{job_id}-{i}",  # unique even when a client reuses its request id
+                input_ids=tuple(prompt.input_ids),
+                sampling=body.to_sampling_params(i),
+                stopping=stopping,
+                segments=segments,
+            )
+            for i in range(body.n)
+        ]
+        stops = body.stop_strings
+        return Job(
+            id=job_id,
+            request_id=request_id,
+            created=int(time.time()),
+            params=body,
+            generate_requests=requests,
+            new_parser=lambda: OutputParser(self.tokenizer, stop=stops, **parser),
+            clients=self.clients,
+            deadline=deadline,
+            counts=Counts(
+                prompt_tokens=len(prompt.input_ids),
+                image_tokens=prompt.media_tokens("image"),
+                audio_tokens=prompt.media_tokens("audio"),
+            ),
+        )

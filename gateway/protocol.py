@@ -1,0 +1,265 @@
+"""The OpenAI API types, as pydantic models, in the order OpenAI's reference lists them: the
+requests (messages, content parts, parameters), then the responses, streamed chunks, usage,
+models and errors.
+
+Requests accept and ignore fields they do not know (clients written for OpenAI or vLLM send
+many), and cap every list and count in the schema, so oversized requests fail validation (400)
+before any work. ``to_sampling_params``/``to_stopping_params`` produce the decoder's types.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.decoder.types import MAX_TOP_LOGPROBS, SamplingParams, StoppingParams
+
+MAX_MESSAGES = 512
+MAX_PARTS = 256
+MAX_TEXT_CHARS = 1_000_000
+MAX_STOP = 16
+MAX_STOP_CHARS = 256
+MAX_TOKENS = 1 << 20
+MAX_N = 8
+MAX_COMPLETION_LOGPROBS = 5
+
+
+class Request(BaseModel):
+    """Unknown fields are accepted and ignored, as OpenAI and vLLM do."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- content parts ---------------------------------------------------------------------------
+
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+
+
+class TextPart(Request):
+    type: Literal["text"]
+    text: Text
+
+
+class ImageURL(Request):
+    url: str = Field(
+        description="a data: URL (PNG, JPEG, WebP, GIF), or http(s) from the allowlist"
+    )
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(Request):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(Request):
+    data: str = Field(description="base64-encoded audio file")
+    format: Literal["wav", "mp3", "flac"]
+
+
+class InputAudioPart(Request):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class AudioURL(Request):
+    url: str = Field(description="a data: URL of a WAV, MP3 or FLAC file")
+
+
+class AudioURLPart(Request):
+    type: Literal["audio_url"]
+    audio_url: AudioURL
+
+
+class RefusalPart(Request):
+    type: Literal["refusal"]
+    refusal: Text
+
+
+ContentPart = Annotated[
+    TextPart | ImagePart | InputAudioPart | AudioURLPart, Field(discriminator="type")
+]
+MediaPart = ImagePart | InputAudioPart | AudioURLPart
+TextParts = Annotated[list[TextPart], Field(max_length=MAX_PARTS)]
+
+# --- messages --------------------------------------------------------------------------------
+
+
+class SystemMessage(Request):
+    role: Literal["system", "developer"]
+    content: Text | TextParts
+    name: str | None = None
+
+
+class UserMessage(Request):
+    role: Literal["user"]
+    content: Text | Annotated[list[ContentPart], Field(max_length=MAX_PARTS)]
+    name: str | None = None
+
+
+class FunctionCall(Request):
+    name: str
+    arguments: str
+
+
+class ToolCall(Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class AssistantMessage(Request):
+    role: Literal["assistant"]
+    content: Text | Annotated[list[TextPart | RefusalPart], Field(max_length=MAX_PARTS)] | None = (
+        None
+    )
+    name: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_PARTS)] | None = None
+
+
+class ToolMessage(Request):
+    role: Literal["tool"]
+    content: Text | TextParts
+    tool_call_id: str
+
+
+Message = Annotated[
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
+]
+
+# --- parameters ------------------------------------------------------------------------------
+
+
+class StreamOptions(Request):
+    include_usage: bool = False
+
+
+class GenerationParams(Request):
+    """What chat and text completions share: model, sampling, stopping, streaming."""
+
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1, description="vLLM extension; 0 or -1 disables it")
+    seed: int | None = Field(None, ge=-(1 << 63), lt=1 << 64)
+    stop: (
+        Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+        | Annotated[
+            list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOP)
+        ]
+        | None
+    ) = None
+    stop_token_ids: Annotated[list[int], Field(max_length=MAX_STOP)] | None = None
+    ignore_eos: bool = False
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    n: int = Field(1, ge=1, le=MAX_N)
+    user: str | None = None
+
+    @property
+    def stop_strings(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def wants_logprobs(self) -> tuple[bool, int]:
+        return False, 0
+
+    def to_sampling_params(self, choice: int = 0) -> SamplingParams:
+        """Choice i of n gets seed + i, so the n choices differ yet stay reproducible."""
+        logprobs, top = self.wants_logprobs()
+        return SamplingParams(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=max(self.top_k or 0, 0),
+            seed=None if self.seed is None else (self.seed + choice) % (1 << 64),
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logprobs=logprobs,
+            top_logprobs=top,
+        )
+
+    def to_stopping_params(self, default_max_tokens: int) -> StoppingParams:
+        return StoppingParams(
+            max_tokens=self.requested_max_tokens() or default_max_tokens,
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            ignore_eos=self.ignore_eos,
+        )
+
+
+class ChatCompletionRequest(GenerationParams):
+    messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_PARTS)] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool = True
+    enable_thinking: bool | None = Field(
+        None, description="thinking mode of the chat template (also chat_template_kwargs)"
+    )
+    return_reasoning: bool = Field(
+        False, description="send the <think> text as reasoning_content and reasoning"
+    )
+    keep_reasoning_inline: bool | None = Field(
+        None, description="keep <think>...</think> inline in content (server default if unset)"
+    )
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs to be true")
+        return self
+
+    @property
+    def thinking(self) -> bool:
+        """Top-level enable_thinking wins over chat_template_kwargs; off unless asked."""
+        if self.enable_thinking is not None:
+            return self.enable_thinking
+        return bool((self.chat_template_kwargs or {}).get("enable_thinking", False))
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def wants_logprobs(self) -> tuple[bool, int]:
+        return self.logprobs, self.top_logprobs or 0
+
+    def media_parts(self) -> list[MediaPart]:
+        """Every image and audio part, in prompt order (the order the template renders them)."""
+        return [
+            part
+            for message in self.messages
+            if isinstance(message, UserMessage) and isinstance(message.content, list)
+            for part in message.content
+            if not isinstance(part, TextPart)
+        ]
+
+
+class CompletionRequest(GenerationParams):
+    prompt: (
+        Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+        | Annotated[
+            list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]],
+            Field(min_length=1, max_length=1),
+        ]
+    ) = Field(description="one prompt (a string or a list holding one string)")
+    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS)
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    echo: Literal[False] = False
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def wants_logprobs(self) -> tuple[bool, int]:
+        return self.logprobs is not None, self.logprobs or 0

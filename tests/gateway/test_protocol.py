@@ -1,0 +1,127 @@
+"""The OpenAI request schema: what it accepts, what it caps, what it turns into."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.protocol import (
+    MAX_N,
+    MAX_STOP,
+    AssistantMessage,
+    AudioURLPart,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ImagePart,
+    InputAudioPart,
+)
+from services.decoder.types import SamplingParams, StoppingParams
+
+
+def chat(**fields: Any) -> ChatCompletionRequest:
+    body = {"model": "autoglm-phone-9b", "messages": [{"role": "user", "content": "hi"}]}
+    return ChatCompletionRequest.model_validate(body | fields)
+
+
+def test_every_role_and_content_part_the_spec_allows_is_accepted() -> None:
+    request = chat(
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "developer", "content": [{"type": "text", "text": "really"}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
+                    {"type": "input_audio", "input_audio": {"data": "AA==", "format": "mp3"}},
+                    {"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64,AA=="}},
+                ],
+            },
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "tap", "arguments": "{}"}}
+            ]},
+            {"role": "tool", "content": "done", "tool_call_id": "c1"},
+        ]
+    )  # fmt: skip
+    assert isinstance(request.messages[3], AssistantMessage)
+    assert request.messages[3].content is None
+    kinds = [type(p) for p in request.media_parts()]
+    assert kinds == [ImagePart, InputAudioPart, AudioURLPart]
+
+
+def test_unknown_fields_are_accepted_and_ignored() -> None:
+    request = chat(response_format={"type": "text"}, logit_bias={"1": 2}, whatever=[1, 2])
+    assert not hasattr(request, "whatever")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"n": MAX_N + 1},
+        {"n": 0},
+        {"max_tokens": 0},
+        {"temperature": 2.5},
+        {"top_p": 0},
+        {"top_logprobs": 21, "logprobs": True},
+        {"top_logprobs": 2},  # without logprobs
+        {"stop": ["x"] * (MAX_STOP + 1)},
+        {"stop": "x" * 1000},
+        {"presence_penalty": 3},
+        {"messages": []},
+        {"messages": [{"role": "wizard", "content": "hi"}]},
+        {"messages": [{"role": "user", "content": [{"type": "video", "video": "x"}]}]},
+        {"messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "AA==", "format": "ogg"}}
+        ]}]},
+        {"messages": [{"role": "system", "content": [
+            {"type": "image_url", "image_url": {"url": "data:x"}}
+        ]}]},
+    ],
+)  # fmt: skip
+def test_out_of_range_values_fail_validation(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        chat(**fields)
+
+
+def test_sampling_and_stopping_params_come_from_the_request() -> None:
+    request = chat(
+        temperature=0.5, top_p=0.9, top_k=-1, seed=7, presence_penalty=0.5,
+        frequency_penalty=-0.5, logprobs=True, top_logprobs=3, max_completion_tokens=12,
+        max_tokens=99, stop_token_ids=[5], n=2,
+    )  # fmt: skip
+    assert request.to_sampling_params(1) == SamplingParams(
+        temperature=0.5, top_p=0.9, top_k=0, seed=8, presence_penalty=0.5,
+        frequency_penalty=-0.5, logprobs=True, top_logprobs=3,
+    )  # fmt: skip
+    # max_completion_tokens is the newer name and wins over max_tokens
+    assert request.to_stopping_params(1024) == StoppingParams(max_tokens=12, stop_token_ids=(5,))
+
+
+def test_defaults_follow_openai() -> None:
+    request = chat()
+    assert request.to_sampling_params().temperature == 1.0
+    assert request.to_stopping_params(1024).max_tokens == 1024
+    assert request.stop_strings == [] and not request.include_usage
+    assert chat(stop="END").stop_strings == ["END"]
+    assert chat(seed=-1).to_sampling_params().seed == 2**64 - 1  # any int64 is a seed
+
+
+def test_enable_thinking_top_level_wins_over_template_kwargs() -> None:
+    assert not chat().thinking
+    assert chat(chat_template_kwargs={"enable_thinking": True}).thinking
+    assert chat(enable_thinking=True).thinking
+    assert not chat(enable_thinking=False, chat_template_kwargs={"enable_thinking": True}).thinking
+
+
+def test_completion_request_takes_one_prompt() -> None:
+    body = {"model": "m", "prompt": ["once upon"], "logprobs": 2}
+    request = CompletionRequest.model_validate(body)
+    assert request.prompt_text == "once upon"
+    assert request.to_sampling_params().top_logprobs == 2
+    assert request.to_stopping_params(1024).max_tokens == 16  # OpenAI's default for completions
+    with pytest.raises(ValidationError):
+        CompletionRequest.model_validate(body | {"prompt": ["a", "b"]})
+    with pytest.raises(ValidationError):
+        CompletionRequest.model_validate(body | {"logprobs": 6})
