@@ -1,0 +1,50 @@
+# autoglm-serve: `make up` starts the stack, `make test` runs the tests. Both create .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+BUNDLE ?= models/default
+# `pip install` runs again only when pyproject.toml changes.
+INSTALLED := $(VENV)/.installed
+# Written by `autoglm quantize` last, so its presence means a complete checkpoint; it is
+# made once (order-only on the bundle), never again because a file changed.
+GPTQ := $(BUNDLE)/decoder-gptq/quantize_config.json
+
+.PHONY: up test env bundle quantize protos lint bench clean
+
+up: env bundle quantize
+	$(BIN)/autoglm up --bundle $(BUNDLE)
+
+test: env
+	$(BIN)/pytest -q
+
+env: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+bundle: $(BUNDLE)/bundle.json
+
+quantize: $(GPTQ)
+
+# Order-only on the environment: reinstalling packages does not rebuild the bundle.
+$(BUNDLE)/bundle.json: | $(INSTALLED)
+	$(BIN)/autoglm bundle init $(BUNDLE)
+
+$(GPTQ): | $(BUNDLE)/bundle.json
+	$(BIN)/autoglm quantize $(BUNDLE) --bits 4 --group-size 128
+
+protos: env
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos \
+		--grpc_python_out=protos protos/autoglm/v1/*.proto
+
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/mypy $(wildcard services gateway bundle quantize bench)
+
+bench: env
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

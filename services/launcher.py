@@ -1,0 +1,291 @@
+"""`autoglm up`: the whole stack on one machine, one process per service, like compose does.
+
+Starts vision, audio, decoder and the gateway as ``python -m services.cli serve <name>``
+processes, prefixes their logs with the service name, waits until each reports ready (the named
+gRPC health service, then the gateway's ``/health``), prints the URL, and then supervises: Ctrl-C
+or SIGTERM is forwarded to every child, and when one child dies the others are stopped with a
+message naming it and ``up`` exits non-zero.
+
+This module stays light (no torch, no fastapi): the CLI imports it to build ``up``'s flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import IO, ClassVar
+
+from bundle.layout import Bundle
+from services.common.config import ServiceConfig
+from services.common.grpc_server import SHUTDOWN_GRACE_S
+from services.health_probe import GRPC_SERVICE_NAMES, grpc_ready, http_ready
+
+SERVICES = ("vision", "audio", "decoder", "gateway")
+POLL_S = 0.5
+# A child gets the servers' own grace period to drain, plus a little, before it is killed.
+STOP_TIMEOUT_S = SHUTDOWN_GRACE_S + 5
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclasses.dataclass(frozen=True)
+class LauncherConfig(ServiceConfig):
+    """Where each of the four services listens and runs. ``host`` is bound by all of them;
+    ``device`` is the device of every service whose own device is left empty."""
+
+    # AUTOGLM_UP_<FIELD> first, then AUTOGLM_<FIELD>: vision_port reads AUTOGLM_VISION_PORT,
+    # the same variable `autoglm serve vision` reads.
+    ENV_PREFIX: ClassVar[str] = "UP"
+
+    port: int = dataclasses.field(
+        default=0, metadata=_help("unused: up takes --vision-port ... --gateway-port instead")
+    )
+    vision_port: int = dataclasses.field(default=50051, metadata=_help("vision gRPC port"))
+    audio_port: int = dataclasses.field(default=50052, metadata=_help("audio gRPC port"))
+    decoder_port: int = dataclasses.field(default=50053, metadata=_help("decoder gRPC port"))
+    gateway_port: int = dataclasses.field(default=8000, metadata=_help("gateway HTTP port"))
+    vision_device: str = dataclasses.field(default="", metadata=_help("empty: --device"))
+    audio_device: str = dataclasses.field(default="", metadata=_help("empty: --device"))
+    decoder_device: str = dataclasses.field(default="", metadata=_help("empty: --device"))
+    gateway_device: str = dataclasses.field(default="", metadata=_help("empty: --device"))
+    decoder_quant: str = dataclasses.field(
+        default="", metadata=_help("decoder weights: gptq, nf4, int8 or none; empty: its default")
+    )
+    startup_timeout_s: float = dataclasses.field(
+        default=600.0, metadata=_help("how long the stack may take to become ready")
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.port != 0:
+            raise ValueError(
+                "autoglm up listens on four ports: set --vision-port, --audio-port, "
+                "--decoder-port or --gateway-port instead of --port"
+            )
+        ports = [self.port_of(name) for name in SERVICES]
+        for name, port in zip(SERVICES, ports, strict=True):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{name}_port must be in 1..65535, got {port}")
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"the four services need four different ports, got {ports}")
+        for name in SERVICES:
+            # The base class holds the one rule for a valid device name.
+            ServiceConfig(device=self.device_of(name))
+        if self.startup_timeout_s <= 0:
+            raise ValueError("startup_timeout_s must be positive")
+
+    def port_of(self, service: str) -> int:
+        return int(getattr(self, f"{service}_port"))
+
+    def device_of(self, service: str) -> str:
+        return str(getattr(self, f"{service}_device")) or self.device
+
+    @property
+    def connect_host(self) -> str:
+        """Where clients reach a server bound to ``host`` (a wildcard is not an address)."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+
+    def target_of(self, service: str) -> str:
+        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
+        return f"{host}:{self.port_of(service)}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.target_of('gateway')}"
+
+    def serve_args(self, service: str) -> list[str]:
+        """The ``autoglm`` arguments that start one service of this stack."""
+        args = [
+            "serve", service,
+            "--bundle", str(self.bundle),
+            "--host", self.host,
+            "--port", str(self.port_of(service)),
+            "--device", self.device_of(service),
+            "--max-message-mb", str(self.max_message_mb),
+            "--log-level", self.log_level,
+        ]  # fmt: skip
+        if service == "decoder" and self.decoder_quant:
+            args += ["--quant", self.decoder_quant]
+        if service == "gateway":
+            for backend in GRPC_SERVICE_NAMES:
+                args += [f"--{backend}-target", self.target_of(backend)]
+        return args
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+class Stack:
+    """The four child processes, their log pumps, and the stop request from a signal."""
+
+    def __init__(self, config: LauncherConfig, out: IO[str]) -> None:
+        self.config = config
+        self.out = out
+        self.processes: dict[str, subprocess.Popen[str]] = {}
+        self.stop_signal: int | None = None
+        self._stop_requested = threading.Event()
+        self._write_lock = threading.Lock()
+        self._pumps: list[threading.Thread] = []
+
+    def say(self, source: str, line: str) -> None:
+        with self._write_lock:
+            self.out.write(f"{source:<7} | {line.rstrip()}\n")
+            self.out.flush()
+
+    def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
+        self.stop_signal = signum
+        self._stop_requested.set()
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait; True when a stop was requested meanwhile."""
+        return self._stop_requested.wait(seconds)
+
+    def start(self) -> None:
+        for name in SERVICES:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", *self.config.serve_args(name)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                env=_child_env(),
+                # Its own process group: a terminal's Ctrl-C reaches only the launcher,
+                # which forwards it once.
+                process_group=0,
+            )
+            self.processes[name] = process
+            pump = threading.Thread(target=self._pump, args=(name, process), daemon=True)
+            pump.start()
+            self._pumps.append(pump)
+            self.say("up", f"started {name} (pid {process.pid})")
+
+    def _pump(self, name: str, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.say(name, line)
+
+    def dead(self) -> tuple[str, int] | None:
+        """The first child that has exited, with its exit code."""
+        for name, process in self.processes.items():
+            code = process.poll()
+            if code is not None:
+                return name, code
+        return None
+
+    def ready(self, service: str) -> bool:
+        if service == "gateway":
+            return http_ready(f"{self.config.gateway_url}/health", timeout_s=1.0)
+        target = self.config.target_of(service)
+        return grpc_ready(target, GRPC_SERVICE_NAMES[service], timeout_s=1.0)
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """Signal every child still running, wait for them, kill the ones that hang."""
+        running = {n: p for n, p in self.processes.items() if p.poll() is None}
+        for process in running.values():
+            process.send_signal(signum)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for name, process in running.items():
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.say("up", f"{name} did not stop within {STOP_TIMEOUT_S:.0f} s; killing it")
+                process.kill()
+                process.wait()
+        for pump in self._pumps:
+            pump.join(timeout=1.0)
+
+
+def _child_env() -> dict[str, str]:
+    # Unbuffered, so each log line shows up when it is written, not when a buffer fills.
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@contextmanager
+def _signals_forwarded_to(stack: Stack) -> Iterator[None]:
+    previous = {
+        sig: signal.signal(sig, stack.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait_until_ready(stack: Stack) -> int | None:
+    """None once every service is ready; an exit code when start-up failed or was stopped."""
+    timeout_s = stack.config.startup_timeout_s
+    started = time.monotonic()
+    waiting = list(SERVICES)
+    while True:
+        # The gateway is ready only after its backends: ask it last, not every round.
+        asking = [n for n in waiting if n != "gateway"] or waiting
+        for name in [n for n in asking if stack.ready(n)]:
+            waiting.remove(name)
+            stack.say("up", f"{name} ready after {time.monotonic() - started:.1f} s")
+        if not waiting:
+            return None
+        if (dead := stack.dead()) is not None:
+            return _report_death(stack, *dead)
+        if time.monotonic() - started > timeout_s:
+            _fail(stack, f"{', '.join(waiting)} not ready after {timeout_s:.0f} s; stopping")
+            return 1
+        if stack.sleep(POLL_S):
+            return 0
+
+
+def _supervise(stack: Stack) -> int:
+    """Wait for a stop request or a dead child."""
+    while not stack.sleep(POLL_S):
+        if (dead := stack.dead()) is not None:
+            return _report_death(stack, *dead)
+    return 0
+
+
+def _report_death(stack: Stack, name: str, code: int) -> int:
+    others = [n for n, p in stack.processes.items() if n != name and p.poll() is None]
+    _fail(stack, f"{name} {_exit_reason(code)}; stopping {', '.join(others) or 'nothing'}")
+    return 1
+
+
+def _fail(stack: Stack, message: str) -> None:
+    stack.out.flush()  # so the message comes after the log lines that led to it
+    print(f"autoglm up: {message}", file=sys.stderr, flush=True)
+
+
+def run(config: LauncherConfig) -> int:
+    """Start the stack, print its URL when ready, and run until stopped or a child dies."""
+    try:
+        bundle = Bundle.load(config.bundle)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"autoglm up: {exc}", file=sys.stderr)
+        return 2
+    stack = Stack(config, sys.stdout)
+    with _signals_forwarded_to(stack):
+        try:
+            stack.start()
+            code = _wait_until_ready(stack)
+            if code is None:
+                stack.say(
+                    "up", f"{bundle.served_model_name} is being served at {config.gateway_url}"
+                )
+                stack.say("up", f"OpenAI base URL: {config.gateway_url}/v1 (Ctrl-C stops)")
+                code = _supervise(stack)
+        finally:
+            stack.stop(stack.stop_signal or signal.SIGTERM)
+    if stack.stop_signal is not None:
+        stack.say("up", f"stopped on {signal.Signals(stack.stop_signal).name}")
+    return code

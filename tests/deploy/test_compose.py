@@ -1,0 +1,167 @@
+"""docker-compose.yml: valid per the Compose specification, and sound where the schema is silent:
+one GPU per service, every dependency defined, every command a real `autoglm` command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.health_probe import GRPC_SERVICE_NAMES
+from tests.deploy.autoglm_args import parse_autoglm, undeclared_variables
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+GPU_SERVICES = ("vision", "audio", "decoder")
+PORTS = {"vision": 50051, "audio": 50052, "decoder": 50053, "gateway": 8000}
+
+
+def load(path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def validate(path: Path) -> subprocess.CompletedProcess[str]:
+    """The Compose specification's JSON schema, as shipped with check-jsonschema (offline)."""
+    validator = Path(sys.executable).parent / "check-jsonschema"
+    return subprocess.run(
+        [str(validator), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def gpu_requests(service: dict[str, Any]) -> list[dict[str, Any]]:
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+    return [d for d in devices.get("devices", []) if "gpu" in d.get("capabilities", [])]
+
+
+def gpu_problems(compose: dict[str, Any]) -> list[str]:
+    """What the schema allows but Docker rejects or the design forbids."""
+    problems: list[str] = []
+    owner: dict[str, str] = {}
+    for name, service in compose["services"].items():
+        for request in gpu_requests(service):
+            if "count" in request and "device_ids" in request:
+                problems.append(f"{name}: count and device_ids together")
+            for gpu in request.get("device_ids", []):
+                if gpu in owner:
+                    problems.append(f"GPU {gpu} given to both {owner[gpu]} and {name}")
+                owner[gpu] = name
+    return problems
+
+
+def dependency_problems(compose: dict[str, Any]) -> list[str]:
+    services = compose["services"]
+    return [
+        f"{name} depends on undefined {target}"
+        for name, service in services.items()
+        for target in service.get("depends_on", {})
+        if target not in services
+    ]
+
+
+def test_the_file_matches_the_compose_specification() -> None:
+    result = validate(COMPOSE_FILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_validator_rejects_what_the_specification_forbids(tmp_path: Path) -> None:
+    compose = load()
+    compose["services"]["vision"]["healthcheck"]["every"] = "10s"
+    compose["services"]["decoder"]["depends_on"] = "quantize"  # a string, not a list or map
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(yaml.safe_dump(compose))
+    result = validate(broken)
+    assert result.returncode != 0
+    assert "every" in result.stdout and "depends_on" in result.stdout
+
+
+def test_each_model_service_has_a_gpu_of_its_own() -> None:
+    compose = load()
+    assert gpu_problems(compose) == []
+    given = {name: gpu_requests(compose["services"][name]) for name in GPU_SERVICES}
+    assert {name: [r["device_ids"] for r in reqs] for name, reqs in given.items()} == {
+        "vision": [["0"]],
+        "audio": [["1"]],
+        "decoder": [["2"]],
+    }
+    assert all(r["driver"] == "nvidia" for reqs in given.values() for r in reqs)
+
+
+def test_gpu_conflicts_are_found() -> None:
+    compose = load()
+    audio_gpu = gpu_requests(compose["services"]["audio"])[0]
+    audio_gpu["device_ids"] = ["0"]
+    audio_gpu["count"] = 1
+    assert gpu_problems(compose) == [
+        "audio: count and device_ids together",
+        "GPU 0 given to both vision and audio",
+    ]
+
+
+def test_every_dependency_is_defined() -> None:
+    compose = load()
+    assert dependency_problems(compose) == []
+    compose["services"]["gateway"]["depends_on"]["tokenizer"] = {"condition": "service_healthy"}
+    assert dependency_problems(compose) == ["gateway depends on undefined tokenizer"]
+
+
+@pytest.mark.parametrize("name", sorted(load()["services"]))
+def test_every_command_is_a_real_autoglm_command(name: str) -> None:
+    service = load()["services"][name]
+    parse_autoglm(service["command"], service.get("environment", {}))
+    assert undeclared_variables(service.get("environment", {})) == []
+
+
+@pytest.mark.parametrize("name", GPU_SERVICES)
+def test_model_services_use_the_one_gpu_they_see_and_are_health_gated(name: str) -> None:
+    service = load()["services"][name]
+    args = parse_autoglm(service["command"], service["environment"])
+    assert (args.service, args.device, args.port) == (name, "cuda:0", PORTS[name])
+    # The overall health status is SERVING from the start: the probe must ask for the name.
+    probe = service["healthcheck"]["test"]
+    assert probe[:4] == ["CMD", "python", "-m", "services.health_probe"]
+    assert probe[4:] == [f"localhost:{PORTS[name]}", GRPC_SERVICE_NAMES[name]]
+
+
+def test_the_gateway_starts_once_every_backend_is_healthy() -> None:
+    services = load()["services"]
+    gateway = services["gateway"]
+    assert gateway["depends_on"] == {
+        name: {"condition": "service_healthy"} for name in GPU_SERVICES
+    }
+    args = parse_autoglm(gateway["command"], gateway["environment"])
+    targets = (args.vision_target, args.audio_target, args.decoder_target)
+    assert targets == tuple(f"{name}:{PORTS[name]}" for name in GPU_SERVICES)
+    assert gateway["ports"] == [f"{PORTS['gateway']}:{args.port}"]
+    assert gateway["healthcheck"]["test"][-1] == f"http://localhost:{args.port}/health"
+
+
+def test_the_bundle_is_built_and_quantized_once_before_the_servers_start() -> None:
+    services = load()["services"]
+    init = {
+        name
+        for name, service in services.items()
+        if parse_autoglm(service["command"], {}).command in ("bundle", "quantize")
+    }
+    assert init == {"bundle", "quantize"}
+    for name in init:
+        assert services[name]["restart"] == "no"
+        assert "models:/models" in services[name]["volumes"]
+    for name in GPU_SERVICES:
+        waits_for = {
+            target
+            for target, rule in services[name]["depends_on"].items()
+            if rule["condition"] == "service_completed_successfully"
+        }
+        assert waits_for & init, f"{name} starts before the bundle exists"
+        # The servers read the bundle; only the init services write it.
+        assert services[name]["volumes"] == ["models:/models:ro"]
+    assert services["decoder"]["depends_on"]["quantize"] == {
+        "condition": "service_completed_successfully"
+    }

@@ -1,0 +1,71 @@
+"""The Dockerfile: lint-clean (hadolint), one image whose entrypoint is `autoglm`, exposing the
+ports the compose file and the manifests use, with the torch build left to the deployer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from dockerfile_parse import DockerfileParser
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
+    linter = Path(sys.executable).parent / "hadolint"
+    return subprocess.run(
+        [str(linter), "--no-color", str(path)], capture_output=True, text=True, timeout=60
+    )
+
+
+def instructions(name: str) -> list[str]:
+    parsed = DockerfileParser(str(DOCKERFILE))
+    return [i["value"] for i in parsed.structure if i["instruction"] == name]
+
+
+def test_hadolint_finds_nothing() -> None:
+    result = hadolint(DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_does_find_problems(tmp_path: Path) -> None:
+    sloppy = tmp_path / "Dockerfile"
+    sloppy.write_text("FROM python\nRUN cd /app && pip install torch\n")
+    result = hadolint(sloppy)
+    assert result.returncode != 0
+    assert "DL3006" in result.stdout  # untagged base image
+
+
+def test_one_image_runs_every_autoglm_command() -> None:
+    parsed = DockerfileParser(str(DOCKERFILE))
+    assert parsed.baseimage == "python:3.11-slim"
+    assert [json.loads(v) for v in instructions("ENTRYPOINT")] == [["autoglm"]]
+    assert instructions("USER") == ["1000"]
+
+
+def test_it_exposes_the_ports_the_services_listen_on() -> None:
+    (exposed,) = instructions("EXPOSE")
+    assert sorted(int(port) for port in exposed.split()) == [8000, 50051, 50052, 50053]
+
+
+@pytest.mark.parametrize("arg", ["TORCH_INDEX_URL", "TORCH_VERSION"])
+def test_the_torch_build_is_a_build_argument(arg: str) -> None:
+    parsed = DockerfileParser(str(DOCKERFILE))
+    assert arg in parsed.args
+    assert any(f"${{{arg}}}" in run for run in instructions("RUN"))
+
+
+def test_the_torch_version_matches_the_project_pin() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    version = DockerfileParser(str(DOCKERFILE)).args["TORCH_VERSION"]
+    assert f"torch=={version}" in project["dependencies"]
+
+
+def test_the_build_context_leaves_out_environments_and_bundles() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "models", ".git"} <= set(ignored)

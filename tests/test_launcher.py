@@ -1,0 +1,223 @@
+"""`autoglm up`: the four services as one command. Its config, then the real thing: start the
+stack on free loopback ports, wait for the URL, check health, and take it down two ways."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services import health_probe
+from services.cli import build_parser
+from services.common.config import add_config_args, config_from_args
+from services.health_probe import GRPC_SERVICE_NAMES
+from services.launcher import SERVICES, LauncherConfig
+from tests.deploy.autoglm_args import parse_autoglm
+from tests.support import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 240.0
+STOP_TIMEOUT_S = 60.0
+
+
+def launcher_config(argv: list[str], environ: dict[str, str]) -> LauncherConfig:
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, LauncherConfig)
+    return config_from_args(LauncherConfig, parser.parse_args(argv), environ)
+
+
+# The configuration.
+
+
+def test_defaults_are_the_documented_ports() -> None:
+    config = launcher_config([], {})
+    assert [config.port_of(name) for name in SERVICES] == [50051, 50052, 50053, 8000]
+    assert config.gateway_url == "http://127.0.0.1:8000"
+
+
+def test_up_reads_the_same_variables_as_the_services() -> None:
+    environ = {
+        "AUTOGLM_BUNDLE": "/srv/bundle",
+        "AUTOGLM_VISION_PORT": "6001",
+        "AUTOGLM_GATEWAY_PORT": "9000",
+        "AUTOGLM_DECODER_DEVICE": "cuda:1",
+        "AUTOGLM_DEVICE": "cpu",
+        "AUTOGLM_DECODER_QUANT": "none",
+        "AUTOGLM_UP_STARTUP_TIMEOUT_S": "30",
+    }
+    config = launcher_config(["--audio-port", "6002"], environ)
+    assert config.bundle == Path("/srv/bundle")
+    assert (config.vision_port, config.audio_port, config.gateway_port) == (6001, 6002, 9000)
+    assert [config.device_of(name) for name in SERVICES] == ["cpu", "cpu", "cuda:1", "cpu"]
+    assert (config.decoder_quant, config.startup_timeout_s) == ("none", 30.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "8000"], "four ports"),
+        (["--audio-port", "50051"], "four different ports"),
+        (["--gateway-port", "70000"], "gateway_port"),
+        (["--decoder-device", "gpu"], "device"),
+        (["--startup-timeout-s", "0"], "positive"),
+    ],
+)
+def test_bad_settings_fail_before_anything_starts(argv: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        launcher_config(argv, {})
+
+
+def test_each_child_gets_a_valid_command_with_the_stack_settings() -> None:
+    config = LauncherConfig(
+        bundle=Path("/b"),
+        host="0.0.0.0",
+        device="cpu",
+        decoder_device="cuda:0",
+        decoder_quant="none",
+        vision_port=7001,
+        audio_port=7002,
+        decoder_port=7003,
+        gateway_port=7000,
+    )
+    parsed = {name: parse_autoglm(config.serve_args(name), {}) for name in SERVICES}
+    for name, args in parsed.items():
+        assert (args.service, args.bundle, args.host) == (name, Path("/b"), "0.0.0.0")
+        assert (args.port, args.device) == (config.port_of(name), config.device_of(name))
+    assert parsed["decoder"].quant == "none"
+    gateway = parsed["gateway"]
+    # A wildcard bind address is not a place to connect to.
+    targets = (gateway.vision_target, gateway.audio_target, gateway.decoder_target)
+    assert targets == ("127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003")
+
+
+def test_up_is_an_autoglm_command() -> None:
+    args = build_parser().parse_args(["up", "--bundle", "/b", "--gateway-port", "9000"])
+    assert config_from_args(LauncherConfig, args, {}).gateway_port == 9000
+
+
+def test_a_missing_bundle_is_reported_before_anything_starts(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "up", "--bundle", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert "autoglm bundle init" in result.stderr
+
+
+def test_the_probe_says_not_ready_when_nothing_listens() -> None:
+    port = free_port()
+    assert health_probe.main([f"127.0.0.1:{port}", GRPC_SERVICE_NAMES["vision"]]) == 1
+    assert health_probe.main([f"http://127.0.0.1:{port}/health"]) == 1
+    assert health_probe.main([]) == 2
+
+
+# The real stack.
+
+
+class Launcher:
+    """`autoglm up` as a subprocess, its output in a file."""
+
+    def __init__(self, bundle: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self.ports = {name: free_port() for name in SERVICES}
+        command = [sys.executable, "-m", "services.cli", "up", "--bundle", str(bundle)]
+        command += ["--host", "127.0.0.1", "--device", "cpu"]
+        for name, port in self.ports.items():
+            command += [f"--{name}-port", str(port)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOGLM_")}
+        with log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def children(self) -> dict[str, int]:
+        return {m[0]: int(m[1]) for m in re.findall(r"started (\w+) \(pid (\d+)\)", self.log)}
+
+    def wait_for_url(self) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if found := re.search(r"is being served at (http://\S+)", self.log):
+                return found[1]
+            if self.process.poll() is not None:
+                pytest.fail(f"autoglm up exited with {self.process.returncode}:\n{self.log}")
+            time.sleep(0.5)
+        pytest.fail(f"no URL after {READY_TIMEOUT_S} s:\n{self.log[-5000:]}")
+
+    def wait(self) -> int:
+        try:
+            return self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"autoglm up still running {STOP_TIMEOUT_S} s later:\n{self.log[-5000:]}")
+
+    def kill_everything(self) -> None:
+        """After a failed test: leave no process behind."""
+        for pid in [self.process.pid, *self.children().values()]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; it only waits for its (new) parent to read its status.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+@pytest.fixture
+def launcher(bundle_dir: Path, tmp_path: Path) -> Iterator[Launcher]:
+    started = Launcher(bundle_dir, tmp_path / "up.log")
+    try:
+        yield started
+    finally:
+        started.kill_everything()
+
+
+def test_up_serves_and_stops_every_child_on_sigterm(launcher: Launcher) -> None:
+    url = launcher.wait_for_url()
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    assert httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"] == "autoglm-phone-9b"
+    children = launcher.children()
+    assert sorted(children) == sorted(SERVICES)
+    # The probe the compose healthchecks run agrees, and asks for the service by name.
+    for name, service in GRPC_SERVICE_NAMES.items():
+        target = f"127.0.0.1:{launcher.ports[name]}"
+        assert health_probe.main([target, service]) == 0
+        assert health_probe.main([target, "autoglm.v1.Unknown"]) == 1
+    assert health_probe.main([f"{url}/health"]) == 0
+
+    launcher.process.send_signal(signal.SIGTERM)
+
+    assert launcher.wait() == 0, launcher.log
+    assert "stopped on SIGTERM" in launcher.log
+    assert [name for name, pid in children.items() if alive(pid)] == []
+
+
+def test_when_one_service_dies_up_stops_the_rest_and_names_it(launcher: Launcher) -> None:
+    launcher.wait_for_url()
+    children = launcher.children()
+
+    os.kill(children["decoder"], signal.SIGKILL)
+
+    assert launcher.wait() != 0
+    assert "decoder was killed by SIGKILL; stopping vision, audio, gateway" in launcher.log
+    assert [name for name, pid in children.items() if alive(pid)] == []
