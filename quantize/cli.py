@@ -1,0 +1,135 @@
+"""`autoglm quantize BUNDLE`: GPTQ the bundle's decoder into BUNDLE/decoder-gptq/.
+
+Skips the work when a checkpoint made from the same weights, calibration text and settings is
+already there, so `make up` can call it on every start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from quantize.checkpoint import QuantConfig
+
+DEFAULT_CALIBRATION = Path(__file__).with_name("calibration.txt")
+QUANTIZER = "autoglm-serve"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, help="model bundle directory")
+    parser.add_argument("--bits", type=int, choices=(4, 8), default=4)
+    parser.add_argument(
+        "--group-size", type=int, default=128, help="inputs per scale/zero; -1 = per channel"
+    )
+    parser.add_argument(
+        "--act-order", action="store_true", help="quantize columns by decreasing activation"
+    )
+    parser.add_argument(
+        "--calibration", type=Path, default=DEFAULT_CALIBRATION, help="plain-text file"
+    )
+    parser.add_argument("--samples", type=int, default=32, help="calibration windows")
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per window")
+    parser.add_argument(
+        "--damp-percent", type=float, default=0.01, help="Hessian dampening, of its mean diagonal"
+    )
+    parser.add_argument("--force", action="store_true", help="quantize even if up to date")
+
+
+def _sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _validate(args: argparse.Namespace) -> str | None:
+    if args.group_size != -1 and args.group_size <= 0:
+        return f"--group-size must be positive or -1, got {args.group_size}"
+    if args.samples <= 0 or args.seq_len <= 0:
+        return "--samples and --seq-len must be positive"
+    if not 0 < args.damp_percent < 1:
+        return f"--damp-percent must be in (0, 1), got {args.damp_percent}"
+    if not args.calibration.is_file():
+        return f"calibration file {args.calibration} not found"
+    return None
+
+
+def cli(args: argparse.Namespace) -> int:
+    error = _validate(args)
+    if error:
+        print(f"autoglm quantize: {error}", file=sys.stderr)
+        return 2
+    from bundle.layout import Bundle
+    from quantize.checkpoint import QuantConfig, read_quant_config
+
+    try:
+        bundle = Bundle.load(args.bundle)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"autoglm quantize: {exc}", file=sys.stderr)
+        return 2
+    source, dest = bundle.decoder, bundle.decoder_gptq
+    meta: dict[str, Any] = {
+        "quantizer": [QUANTIZER],
+        "source_sha256": _sha256(sorted(source.glob("*.safetensors"))),
+        "calibration_sha256": _sha256([args.calibration]),
+        "samples": args.samples,
+        "seq_len": args.seq_len,
+    }
+    config = QuantConfig(
+        bits=args.bits,
+        group_size=args.group_size,
+        desc_act=args.act_order,
+        damp_percent=args.damp_percent,
+        meta=meta,
+    )
+    if not args.force and (dest / "quantize_config.json").is_file():
+        try:
+            if read_quant_config(dest) == config:
+                print(f"GPTQ checkpoint at {dest} is up to date")
+                return 0
+        except ValueError:
+            pass  # unreadable or foreign: quantize again
+    started = time.perf_counter()
+    try:
+        _quantize(source, dest, config, args)
+    except ValueError as exc:  # e.g. a calibration text shorter than --seq-len
+        print(f"autoglm quantize: {exc}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - started
+    print(f"wrote {args.bits}-bit GPTQ checkpoint to {dest} in {elapsed:.1f}s")
+    return 0
+
+
+def _quantize(source: Path, dest: Path, config: QuantConfig, args: argparse.Namespace) -> None:
+    from transformers import AutoTokenizer, Glm4ForCausalLM
+
+    from quantize.checkpoint import write_checkpoint
+    from quantize.layerwise import GPTQSettings, calibration_ids, quantize_layers
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    # One long text, cut into windows below: no need for the "longer than the model" warning.
+    text = args.calibration.read_text(encoding="utf-8")
+    token_ids = tokenizer(text, verbose=False)["input_ids"]
+    input_ids = calibration_ids(token_ids, args.samples, args.seq_len)
+    model = Glm4ForCausalLM.from_pretrained(source, dtype="auto").eval()
+    # Everything GPTQ does not touch is written as the source has it (dtype included); clones,
+    # because safetensors refuses tensors that share memory (tied embeddings).
+    unquantized = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = GPTQSettings(
+        bits=config.bits,
+        group_size=config.group_size,
+        act_order=config.desc_act,
+        damp_percent=config.damp_percent,
+    )
+    batches = [{"input_ids": chunk, "use_cache": False} for chunk in input_ids.split(8)]
+    quantized = quantize_layers(model.float(), batches, settings)
+    for name in quantized:
+        del unquantized[f"{name}.weight"]
+    write_checkpoint(dest, source, unquantized, quantized, config)

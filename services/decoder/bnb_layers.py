@@ -1,0 +1,66 @@
+"""bitsandbytes replacements for a decoder Linear: NF4 (QLoRA's 4-bit) and LLM.int8().
+
+Imported only when one of them is asked for, since bitsandbytes is slow to import.
+"""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import torch
+from torch import nn
+
+# LLM.int8(): activation columns above this magnitude take the fp16 outlier path.
+INT8_THRESHOLD = 6.0
+
+
+class Int8Linear(bnb.nn.Linear8bitLt):
+    """Linear8bitLt that takes and returns the model's dtype.
+
+    bitsandbytes quantizes activations from fp16 (and logs a warning on every call when given
+    fp32), so the cast happens here, once, and the output goes back to the caller's dtype.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(torch.float16)).to(x.dtype)
+
+
+def nf4_linear(linear: nn.Linear, device: torch.device) -> nn.Module:
+    """NF4 weights with double quantization (the absmax statistics quantized too), bf16 compute."""
+    layer = bnb.nn.Linear4bit(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        compute_dtype=torch.bfloat16,
+        compress_statistics=True,
+        quant_type="nf4",
+    )
+    layer.weight = bnb.nn.Params4bit(
+        linear.weight.data.float().cpu(),
+        requires_grad=False,
+        quant_type="nf4",
+        compress_statistics=True,
+    )
+    if linear.bias is not None:
+        layer.bias = nn.Parameter(linear.bias.data.clone(), requires_grad=False)
+    # Moving Params4bit to a device is what quantizes it.
+    return layer.to(device).eval()
+
+
+def int8_linear(
+    linear: nn.Linear, device: torch.device, threshold: float = INT8_THRESHOLD
+) -> nn.Module:
+    """LLM.int8(): int8 weights per output row, outlier input columns in fp16."""
+    layer = Int8Linear(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        has_fp16_weights=False,
+        threshold=threshold,
+    )
+    layer.weight = bnb.nn.Int8Params(
+        linear.weight.data.float().cpu(), requires_grad=False, has_fp16_weights=False
+    )
+    if linear.bias is not None:
+        layer.bias = nn.Parameter(linear.bias.data.clone(), requires_grad=False)
+    # In training mode bitsandbytes dequantizes on every call (12-50x slower on CPU).
+    return layer.to(device).eval()

@@ -1,0 +1,158 @@
+"""GPTQLinear: a Linear whose weight is a GPTQ checkpoint's, run by torch's int4 kernels.
+
+At construction the checkpoint tensors are unpacked once and repacked for the device's int4
+kernel: ``_weight_int4pack_mm_for_cpu`` on CPU, tinygemm (``_weight_int4pack_mm``) on CUDA.
+Both compute ``w = (q - 8) * scale + zero`` per group, so GPTQ's ``scale * (q - z)`` becomes
+``zero = scale * (8 - z)``, and both run on bf16 activations: tinygemm takes nothing else, and
+the CPU kernel's fp32/fp16 paths are scalar, some 40x slower than its bf16 one. Activations
+are cast around the call, so the module works in any model dtype.
+
+Act-order checkpoints (``g_idx`` not monotonic) run by sorting the input columns by group,
+then permuting each input the same way. Anything the kernels refuse (8-bit, widths not a
+multiple of 16, groups they do not support) dequantizes on every call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from quantize.checkpoint import QuantizedWeight
+
+KERNEL_GROUP_SIZES = (256, 128, 64, 32)  # what both int4 kernels accept, largest first
+CUDA_INNER_K_TILES = (8, 4, 2)
+KERNEL_DTYPE = torch.bfloat16
+
+
+class GPTQLinear(nn.Module):
+    """``y = x W^T + b`` for a GPTQ-quantized W, on the device given at construction."""
+
+    bias: torch.Tensor | None
+    # The int4 kernels' form: packed codes, (scale, zero) per group, optional input permutation.
+    packed: torch.Tensor
+    scales_and_zeros: torch.Tensor
+    perm: torch.Tensor | None
+    # The fallback's form: the checkpoint's codes and group parameters, unpacked.
+    q: torch.Tensor
+    zeros: torch.Tensor
+    scales: torch.Tensor
+    g_idx: torch.Tensor
+
+    def __init__(
+        self,
+        qweight: torch.Tensor,
+        qzeros: torch.Tensor,
+        scales: torch.Tensor,
+        g_idx: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        *,
+        bits: int = 4,
+        checkpoint_format: str = "gptq",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        allow_kernel: bool = True,
+    ) -> None:
+        super().__init__()
+        device = torch.device(device)
+        weight = QuantizedWeight.unpack(qweight, qzeros, scales, g_idx, bits, checkpoint_format)
+        self.out_features, self.in_features = weight.q.shape
+        self.bits = bits
+        self.register_buffer("bias", None if bias is None else bias.to(device, dtype))
+        layout = int4_layout(weight, device) if allow_kernel else None
+        self.kernel = "dequantize" if layout is None else f"int4-{device.type}"
+        if layout is None:
+            # Fallback: keep the codes as bytes, dequantize on every call.
+            self.register_buffer("q", weight.q.to(device))
+            self.register_buffer("zeros", weight.zeros.to(device, dtype))
+            self.register_buffer("scales", weight.scales.to(device, dtype))
+            self.register_buffer("g_idx", weight.g_idx.to(device, torch.long))
+            return
+        perm, group, inner_k_tiles = layout
+        self.group = group
+        self.register_buffer("perm", None if perm is None else perm.to(device))
+        q = weight.q if perm is None else weight.q[:, perm]
+        q = q.to(device, torch.int32)
+        if device.type == "cuda":
+            # tinygemm takes [N, K/2] bytes, the even column in the high nibble.
+            q_bytes = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+            packed = torch.ops.aten._convert_weight_to_int4pack(q_bytes, inner_k_tiles)
+        else:
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, inner_k_tiles)
+        self.register_buffer("packed", packed)
+        scales_and_zeros = _scales_and_zeros(weight, group).to(device, KERNEL_DTYPE)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if self.kernel == "dequantize":
+            y = x2 @ self.dequantized_weight().to(x.dtype).T
+        else:
+            if self.perm is not None:
+                x2 = x2.index_select(1, self.perm)
+            x2 = x2.to(KERNEL_DTYPE).contiguous()
+            mm = (
+                torch.ops.aten._weight_int4pack_mm
+                if self.kernel == "int4-cuda"
+                else torch.ops.aten._weight_int4pack_mm_for_cpu
+            )
+            # .to() is a no-op unless the module was cast (model.to(dtype)) after loading.
+            sz = self.scales_and_zeros.to(KERNEL_DTYPE)
+            y = mm(x2, self.packed, self.group, sz).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The fallback's weight [out, in], rebuilt from the stored codes."""
+        zeros = self.zeros[self.g_idx].T
+        scales = self.scales[self.g_idx].T
+        return (self.q.to(scales.dtype) - zeros) * scales
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bits={self.bits}, kernel={self.kernel}"
+        )
+
+
+def int4_layout(
+    weight: QuantizedWeight, device: torch.device
+) -> tuple[torch.Tensor | None, int, int] | None:
+    """(input permutation, kernel group size, inner K tiles), or None if the kernel refuses."""
+    out_features, in_features = weight.q.shape
+    if weight.bits != 4 or device.type not in ("cpu", "cuda"):
+        return None
+    if out_features % (16 if device.type == "cpu" else 8):
+        return None
+    groups = weight.scales.shape[0]
+    if in_features % groups:
+        return None
+    size = in_features // groups
+    # Act-order: sort the columns by group; each group must then be one contiguous run.
+    perm = torch.argsort(weight.g_idx.long(), stable=True)
+    if not torch.equal(weight.g_idx.long()[perm], torch.arange(in_features) // size):
+        return None
+    group = next((g for g in KERNEL_GROUP_SIZES if size % g == 0), None)
+    if group is None:
+        return None
+    if device.type == "cpu":
+        inner_k_tiles = 1
+    else:
+        tiles = [t for t in CUDA_INNER_K_TILES if in_features % (t * 16) == 0]
+        if not tiles:
+            return None
+        inner_k_tiles = tiles[0]
+    identity = torch.equal(perm, torch.arange(in_features))
+    return (None if identity else perm), group, inner_k_tiles
+
+
+def _scales_and_zeros(weight: QuantizedWeight, group: int) -> torch.Tensor:
+    """[in/group, out, 2] of (scale, zero) in the kernels' ``(q - 8) * scale + zero`` form.
+
+    A checkpoint group wider than the kernel's group repeats its scale and zero.
+    """
+    repeat = weight.q.shape[1] // weight.scales.shape[0] // group
+    scales = weight.scales.float().repeat_interleave(repeat, dim=0)
+    zeros = weight.zeros.float().repeat_interleave(repeat, dim=0)
+    return torch.stack([scales, scales * (8 - zeros)], dim=-1).contiguous()

@@ -1,0 +1,104 @@
+"""The preallocated, paged KV cache and the per-step map of where each token reads and writes.
+
+The cache is one K and one V tensor per layer, ``[num_blocks * block_size, kv_heads, head_dim]``,
+allocated once at start-up. A request owns a list of blocks; its logical token ``i`` lives in
+slot ``blocks[i // block_size] * block_size + i % block_size``. Blocks are handed out whole, so
+requests of any length share the cache without fragmenting it.
+
+A forward step packs the new tokens of every scheduled request into one sequence (the Linear
+layers see ``[tokens, hidden]``); ``ForwardBatch`` tells attention which slots those tokens are
+written to and which slots each request attends over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+class KVCache:
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError("the KV cache needs at least one block of at least one token")
+        shape = (num_layers, num_blocks * block_size, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+
+    @property
+    def total_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def free_tokens(self) -> int:
+        return len(self._free) * self.block_size
+
+    def blocks_for(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.block_size)
+
+    def can_allocate(self, n_tokens: int) -> bool:
+        return self.blocks_for(n_tokens) <= len(self._free)
+
+    def allocate(self, n_tokens: int) -> list[int]:
+        """Blocks for n_tokens; the caller checks can_allocate first."""
+        n = self.blocks_for(n_tokens)
+        if n > len(self._free):
+            raise RuntimeError(f"KV cache exhausted: {n} blocks asked, {len(self._free)} free")
+        taken, self._free = self._free[-n:], self._free[:-n]
+        return taken
+
+    def free(self, blocks: list[int]) -> None:
+        self._free.extend(blocks)
+
+    def slots(self, blocks: list[int], n_tokens: int) -> torch.Tensor:
+        """The flat cache slot of each of a request's first n_tokens logical tokens."""
+        ids = torch.tensor(blocks, dtype=torch.long, device=self.k.device)
+        offsets = torch.arange(self.block_size, device=self.k.device)
+        return (ids[:, None] * self.block_size + offsets).flatten()[:n_tokens]
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the new tokens' K and V ([tokens, kv_heads, head_dim]) at their slots."""
+        self.k[layer].index_copy_(0, slots, k)
+        self.v[layer].index_copy_(0, slots, v)
+
+    def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V at slots of any shape: [*slots.shape, kv_heads, head_dim]. index_select, not
+        advanced indexing: on the CPU the latter is far slower for this gather."""
+        flat = slots.flatten()
+        k = self.k[layer].index_select(0, flat).unflatten(0, slots.shape)
+        v = self.v[layer].index_select(0, flat).unflatten(0, slots.shape)
+        return k, v
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefillSpan:
+    """One request's prompt chunk: packed tokens [start, end), attending over kv_slots."""
+
+    start: int
+    end: int
+    context: int  # tokens of this request already in the cache before the chunk
+    kv_slots: torch.Tensor  # [context + chunk] slots, the chunk's own included
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardBatch:
+    """Where one step's packed tokens go: prefill chunks first, then one token per decode."""
+
+    write_slots: torch.Tensor  # [tokens]: where each new token's K/V is stored
+    prefills: tuple[PrefillSpan, ...]
+    decode_start: int  # packed index of the first decode token
+    decode_kv_slots: torch.Tensor | None = None  # [decodes, longest]: slots each decode reads
+    decode_mask: torch.Tensor | None = None  # [decodes, 1, 1, longest]: True = attend

@@ -1,0 +1,257 @@
+"""The GLM-4 decoder (Hugging Face's ``Glm4ForCausalLM`` architecture) written for serving.
+
+Same maths and parameter names as transformers' implementation, so any HF checkpoint loads as is
+and quantized Linear layers can replace ``model.layers.N.self_attn.q_proj`` and friends by name.
+What differs is the calling convention: one forward takes the new tokens of every scheduled
+request packed into one sequence (``[tokens]`` ids and positions), writes their K/V into the
+paged cache and attends over each request's own cached tokens (``kv_cache.ForwardBatch``).
+
+GLM-4 specifics: rotary embedding on the first half of each head only (``partial_rotary_factor``)
+with interleaved pairs, grouped-query attention with biased q/k/v, a fused gate/up SwiGLU, and
+extra RMSNorms after attention and after the MLP.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+from transformers import Glm4Config
+from transformers.activations import ACT2FN
+
+from services.decoder.kv_cache import ForwardBatch, KVCache, PrefillSpan
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fp32 statistics whatever the activation dtype, as in transformers
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        weight: torch.Tensor = self.weight
+        return weight * x32.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin for the rotated part of each head, from explicit per-token positions."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, config: Glm4Config) -> None:
+        super().__init__()
+        params = dict(getattr(config, "rope_parameters", None) or {})
+        if params.get("rope_type", "default") != "default":
+            raise ValueError(f"unsupported rope_type {params['rope_type']!r} (only 'default')")
+        theta = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+        factor = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
+        self.rotary_dim = int(config.head_dim * factor)
+        # built on the CPU explicitly: the model itself may be constructed on the meta device
+        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32, device="cpu")
+        inv_freq = 1.0 / (theta ** (exponents / self.rotary_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        freqs = positions.float()[:, None] * self.inv_freq  # [tokens, rotary_dim / 2]
+        return freqs.cos().to(dtype)[:, None, :], freqs.sin().to(dtype)[:, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of the first rotary_dim features of each head."""
+    rotary_dim = cos.shape[-1] * 2
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    even, odd = rot[..., 0::2], rot[..., 1::2]
+    rotated = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
+    return torch.cat((rotated, rest), dim=-1)
+
+
+class Glm4Attention(nn.Module):
+    def __init__(self, config: Glm4Config, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, ...],
+        batch: ForwardBatch,
+        cache: KVCache,
+    ) -> torch.Tensor:
+        tokens = x.shape[0]
+        q = apply_rotary(self.q_proj(x).view(tokens, self.num_heads, self.head_dim), *rope)
+        k = apply_rotary(self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim), *rope)
+        v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
+        cache.write(self.layer_idx, batch.write_slots, k, v)
+
+        out = torch.empty_like(q)
+        for span in batch.prefills:
+            chunk = slice(span.start, span.end)
+            out[chunk] = self._prefill(q[chunk], k[chunk], v[chunk], span, cache)
+        if batch.decode_kv_slots is not None:
+            out[batch.decode_start :] = self._decode(q[batch.decode_start :], batch, cache)
+        return self.o_proj(out.view(tokens, -1))
+
+    def _prefill(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: PrefillSpan, cache: KVCache
+    ) -> torch.Tensor:
+        """One request's chunk: causal over its cached context plus the chunk itself."""
+        n = q.shape[0]
+        if span.context == 0:  # nothing cached yet: attend over the fresh K/V, plain causal
+            mask, causal = None, True
+        else:
+            k, v = cache.read(self.layer_idx, span.kv_slots)
+            full = torch.ones(n, k.shape[0], dtype=torch.bool, device=q.device)
+            mask, causal = full.tril(diagonal=span.context), False
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None],
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            attn_mask=mask,
+            is_causal=causal,
+            enable_gqa=True,
+        )
+        return out[0].transpose(0, 1)
+
+    def _decode(self, q: torch.Tensor, batch: ForwardBatch, cache: KVCache) -> torch.Tensor:
+        """One new token per request, batched. The query heads sharing a KV head become that
+        head's query rows ([B, kv_heads, group, d]), so no K/V is repeated per query head."""
+        assert batch.decode_kv_slots is not None
+        b = q.shape[0]
+        k, v = cache.read(self.layer_idx, batch.decode_kv_slots)  # [B, L, kv, d]
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        grouped = q.view(b, self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim)
+        out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=batch.decode_mask)
+        return out.reshape(b, self.num_heads, self.head_dim)
+
+
+class Glm4MLP(nn.Module):
+    def __init__(self, config: Glm4Config) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(up * self.act(gate))
+
+
+class Glm4DecoderLayer(nn.Module):
+    def __init__(self, config: Glm4Config, layer_idx: int) -> None:
+        super().__init__()
+        eps = config.rms_norm_eps
+        self.self_attn = Glm4Attention(config, layer_idx)
+        self.mlp = Glm4MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps)
+        self.post_self_attn_layernorm = RMSNorm(config.hidden_size, eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps)
+        self.post_mlp_layernorm = RMSNorm(config.hidden_size, eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, ...],
+        batch: ForwardBatch,
+        cache: KVCache,
+    ) -> torch.Tensor:
+        attn = self.self_attn(self.input_layernorm(x), rope, batch, cache)
+        x = x + self.post_self_attn_layernorm(attn)
+        mlp = self.mlp(self.post_attention_layernorm(x))
+        return x + self.post_mlp_layernorm(mlp)
+
+
+class Glm4Model(nn.Module):
+    def __init__(self, config: Glm4Config) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            Glm4DecoderLayer(config, i) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+
+    def forward(
+        self, embeds: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, cache: KVCache
+    ) -> torch.Tensor:
+        rope = self.rotary_emb(positions, embeds.dtype)
+        x = embeds
+        for layer in self.layers:
+            x = layer(x, rope, batch, cache)
+        return self.norm(x)
+
+
+class Glm4ForCausalLM(nn.Module):
+    def __init__(self, config: Glm4Config) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Glm4Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        batch: ForwardBatch,
+        cache: KVCache,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states [tokens, hidden] of the packed tokens; ``inputs_embeds`` (e.g.
+        with multimodal embeddings spliced in) replaces the embedding lookup of input_ids."""
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids or inputs_embeds")
+            inputs_embeds = self.embed(input_ids)
+        return self.model(inputs_embeds, positions, batch, cache)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
+
+    @classmethod
+    def from_pretrained(
+        cls, path: Path | str, dtype: torch.dtype, device: torch.device
+    ) -> Glm4ForCausalLM:
+        """Load a Hugging Face Glm4ForCausalLM folder (config.json + *.safetensors)."""
+        path = Path(path)
+        config = Glm4Config.from_pretrained(path)
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors weights in {path}")
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            state.update(load_file(file))
+        if "lm_head.weight" not in state and config.tie_word_embeddings:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        state = {
+            name: tensor.to(device=device, dtype=dtype)
+            for name, tensor in state.items()
+            if "rotary_emb" not in name
+        }
+        with torch.device("meta"):  # no random init of weights that are overwritten anyway
+            model = cls(config)
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.to(device).eval()

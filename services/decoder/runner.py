@@ -1,0 +1,117 @@
+"""The engine's own thread, and the bridge between it and the asyncio servicer.
+
+The engine (and the model) are touched by one thread only. Callers on the event loop put
+"add" and "abort" messages in a thread-safe inbox; the engine thread drains it before every
+step and hands each step's outputs back to the loop with ``call_soon_threadsafe``, where they
+are routed to one asyncio queue per request. A caller that stops listening (a cancelled gRPC
+call) aborts its request, which frees its cache in the engine's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+
+from services.common.errors import InvalidInput, ServiceError
+from services.decoder.engine import Engine
+from services.decoder.types import GenerateOutput, GenerateRequest
+
+log = logging.getLogger(__name__)
+
+_Message = tuple[str, GenerateRequest | str | None]
+
+
+class EngineRunner:
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self._loop = loop
+        self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
+        self._streams: dict[str, asyncio.Queue[GenerateOutput | Exception]] = {}
+        self._thread = threading.Thread(target=self._run, name="decoder-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the engine thread to finish and wait for it (blocking: run it in a thread)."""
+        self._inbox.put(("stop", None))
+        self._thread.join()
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        """Stream a request's outputs; leaving early (cancellation, error) aborts it."""
+        self.engine.validate(request)  # reject what can never run before it queues
+        if request.request_id in self._streams:
+            raise InvalidInput(f"request id {request.request_id!r} is already running")
+        stream: asyncio.Queue[GenerateOutput | Exception] = asyncio.Queue()
+        self._streams[request.request_id] = stream
+        self._inbox.put(("add", request))
+        finished = False
+        try:
+            while not finished:
+                item = await stream.get()
+                if isinstance(item, Exception):
+                    finished = True  # the engine already dropped it
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            del self._streams[request.request_id]
+            if not finished:
+                self._inbox.put(("abort", request.request_id))
+
+    # -- the engine thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while self._drain(block=not self.engine.has_work()):
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:
+                log.exception("engine step failed; failing its requests")
+                self._fail_all(exc)
+                continue
+            if outputs:
+                self._loop.call_soon_threadsafe(self._deliver, outputs)
+
+    def _drain(self, block: bool) -> bool:
+        """Apply queued adds and aborts; False once asked to stop."""
+        while True:
+            try:
+                kind, payload = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if kind == "stop":
+                return False
+            if kind == "abort":
+                assert isinstance(payload, str)
+                self.engine.abort(payload)
+            elif kind == "add":
+                assert isinstance(payload, GenerateRequest)
+                try:
+                    self.engine.add(payload)
+                except ServiceError as exc:
+                    self._loop.call_soon_threadsafe(self._deliver_error, payload.request_id, exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        ids = [s.request_id for s in self.engine.running] + [
+            r.request_id for r in self.engine.waiting
+        ]
+        for request_id in ids:
+            self.engine.abort(request_id)
+            self._loop.call_soon_threadsafe(self._deliver_error, request_id, exc)
+
+    # -- on the event loop ------------------------------------------------------------------
+
+    def _deliver(self, outputs: list[GenerateOutput]) -> None:
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is not None:  # None: the caller left, its abort is on the way
+                stream.put_nowait(output)
+
+    def _deliver_error(self, request_id: str, exc: Exception) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.put_nowait(exc)

@@ -1,0 +1,90 @@
+"""The decoder's gRPC transport: autoglm.v1.Decoder (Generate streams, Info) over the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from autoglm.v1 import decoder_pb2, decoder_pb2_grpc
+from services.common.grpc_server import Slot, configure_logging, serve
+from services.common.health import DECODER_SERVICE
+from services.decoder.config import DecoderConfig
+from services.decoder.loader import LoadedDecoder, load_decoder
+from services.decoder.runner import EngineRunner
+from services.decoder.types import GenerateRequest
+
+REQUEST_ID_METADATA = "x-request-id"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Running:
+    decoder: LoadedDecoder
+    runner: EngineRunner
+
+
+class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
+    def __init__(self, slot: Slot[_Running]) -> None:
+        self._slot = slot
+
+    async def Generate(
+        self, request: decoder_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[decoder_pb2.GenerateResponse]:
+        running = self._slot.get()
+        generate = GenerateRequest.from_pb(request)
+        if not generate.request_id:
+            generate = dataclasses.replace(generate, request_id=_request_id(context))
+        # a cancelled call raises CancelledError in here; leaving the stream aborts the request
+        async for output in running.runner.generate(generate):
+            yield output.to_pb()
+
+    async def Info(
+        self, request: decoder_pb2.DecoderInfoRequest, context: grpc.aio.ServicerContext
+    ) -> decoder_pb2.DecoderInfo:
+        running = self._slot.get()
+        return running.decoder.info().to_pb()
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The gateway's request id from the call metadata, else a fresh one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_METADATA and value:
+            return f"{value}-{uuid.uuid4().hex[:8]}"  # unique even if a client reuses it
+    return uuid.uuid4().hex
+
+
+async def _serve(config: DecoderConfig) -> None:
+    loop = asyncio.get_running_loop()
+    slot: Slot[_Running] = Slot()
+
+    def load() -> None:
+        decoder = load_decoder(config)
+        runner = EngineRunner(decoder.engine, loop)
+        runner.start()
+        slot.set(_Running(decoder, runner))
+
+    async def on_stop() -> None:
+        try:
+            running = slot.get()
+        except Exception:  # stopped before the model finished loading
+            return
+        await asyncio.to_thread(running.runner.stop)
+
+    await serve(
+        config,
+        service_name=DECODER_SERVICE,
+        add_servicer=lambda server: decoder_pb2_grpc.add_DecoderServicer_to_server(
+            DecoderServicer(slot), server
+        ),
+        load=load,
+        on_stop=on_stop,
+    )
+
+
+def run(config: DecoderConfig) -> int:
+    configure_logging(config.log_level)
+    asyncio.run(_serve(config))
+    return 0

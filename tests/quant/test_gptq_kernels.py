@@ -1,0 +1,135 @@
+"""GPTQLinear's paths against the dequantized reference ``x @ W^T + b``: torch's CPU int4 kernel
+(with its ``(q - 8) * scale + zero`` form), act-order by input permutation, and the
+dequantizing fallback for what the kernel refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quantize.checkpoint import QuantizedWeight
+from quantize.rtn import rtn_quantize
+from services.decoder.gptq import GPTQLinear, int4_layout
+
+
+def quantized(out: int, inp: int, bits: int = 4, group_size: int = 128) -> QuantizedWeight:
+    torch.manual_seed(out * 1000 + inp)
+    return rtn_quantize(torch.randn(out, inp), bits, group_size)
+
+
+def layer(
+    weight: QuantizedWeight, bias: torch.Tensor | None = None, **kwargs: object
+) -> GPTQLinear:
+    packed = weight.pack()
+    return GPTQLinear(
+        packed["qweight"],
+        packed["qzeros"],
+        packed["scales"],
+        packed["g_idx"],
+        bias,
+        bits=weight.bits,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def reference(
+    weight: QuantizedWeight, x: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    y = x.float() @ weight.dequantize().T
+    return y if bias is None else y + bias
+
+
+def assert_bf16_close(y: torch.Tensor, ref: torch.Tensor) -> None:
+    """The kernels run on bf16 activations: agree to bf16 precision (a wrong bit layout or
+    zero-point convention is off by order one)."""
+    error = (y.float() - ref).norm() / ref.norm()
+    assert error < 1e-2, f"relative error {error:.2e}"
+
+
+def shuffled_groups(weight: QuantizedWeight) -> QuantizedWeight:
+    """The same codes under an act-order g_idx: each input column in a scrambled group."""
+    generator = torch.Generator().manual_seed(0)
+    perm = torch.randperm(weight.q.shape[1], generator=generator)
+    return QuantizedWeight(
+        q=weight.q, zeros=weight.zeros, scales=weight.scales, g_idx=weight.g_idx[perm], bits=4
+    )
+
+
+@pytest.mark.parametrize(
+    ("out", "inp", "group_size"),
+    [(64, 256, 128), (48, 128, 32), (32, 256, 64), (32, 256, -1), (32, 384, -1), (32, 512, 256)],
+)
+def test_int4_cpu_kernel_matches_dequantized_reference(out: int, inp: int, group_size: int) -> None:
+    weight = quantized(out, inp, group_size=group_size)
+    bias = torch.randn(out)
+    module = layer(weight, bias)
+    assert module.kernel == "int4-cpu"
+    x = torch.randn(2, 5, inp)
+    y = module(x)
+    assert y.shape == (2, 5, out) and y.dtype == torch.float32
+    assert_bf16_close(y, reference(weight, x, bias))
+
+
+def test_int4_cpu_kernel_runs_bf16_activations() -> None:
+    weight = quantized(64, 256)
+    module = layer(weight, dtype=torch.bfloat16)
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    y = module(x)
+    assert y.dtype == torch.bfloat16
+    assert_bf16_close(y, reference(weight, x))
+
+
+def test_act_order_permutes_inputs_and_keeps_the_kernel() -> None:
+    weight = shuffled_groups(quantized(64, 256))
+    module = layer(weight)
+    assert module.kernel == "int4-cpu" and module.perm is not None
+    x = torch.randn(3, 256)
+    assert_bf16_close(module(x), reference(weight, x))
+
+
+def test_monotonic_g_idx_needs_no_permutation() -> None:
+    assert layer(quantized(64, 256)).perm is None
+
+
+@pytest.mark.parametrize(
+    ("weight", "why"),
+    [
+        (quantized(24, 128), "outputs not a multiple of 16"),
+        (quantized(32, 128, bits=8), "8-bit"),
+        (quantized(32, 96, group_size=48), "group of 48 not a multiple of 32"),
+        (quantized(32, 128, group_size=16), "group of 16 too small"),
+    ],
+)
+def test_fallback_dequantizes_what_the_kernel_refuses(weight: QuantizedWeight, why: str) -> None:
+    bias = torch.randn(weight.q.shape[0])
+    module = layer(weight, bias)
+    assert module.kernel == "dequantize", why
+    x = torch.randn(2, 3, weight.q.shape[1])
+    torch.testing.assert_close(module(x), reference(weight, x, bias), rtol=1e-4, atol=1e-4)
+
+
+def test_fallback_handles_groups_of_unequal_size() -> None:
+    weight = quantized(32, 128, group_size=32)
+    g_idx = weight.g_idx.clone()
+    g_idx[:8] = 1  # group 0 loses 8 columns to group 1: no contiguous layout exists
+    irregular = QuantizedWeight(
+        q=weight.q, zeros=weight.zeros, scales=weight.scales, g_idx=g_idx, bits=4
+    )
+    assert int4_layout(irregular, torch.device("cpu")) is None
+    module = layer(irregular)
+    x = torch.randn(4, 128)
+    torch.testing.assert_close(module(x), reference(irregular, x), rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_and_fallback_agree() -> None:
+    weight = shuffled_groups(quantized(64, 256))
+    x = torch.randn(5, 256)
+    kernel, fallback = layer(weight), layer(weight, allow_kernel=False)
+    assert (kernel.kernel, fallback.kernel) == ("int4-cpu", "dequantize")
+    torch.testing.assert_close(fallback(x), reference(weight, x), rtol=1e-4, atol=1e-4)
+    assert_bf16_close(kernel(x), fallback(x))
+
+
+def test_int4_packing_is_smaller_than_the_codes() -> None:
+    module = layer(quantized(64, 256))
+    assert module.packed.numel() * module.packed.element_size() == 64 * 256 // 2
