@@ -21,8 +21,8 @@ class DecoderConfig(ServiceConfig):
     )
     dtype: str = dataclasses.field(
         default="auto",
-        metadata={"help": "activation dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, "
-                  "bfloat16 or float16"},
+        metadata={"help": "activation dtype: auto (bfloat16 on CUDA; on CPU float32, or bfloat16 "
+                  "with quantized weights), float32, bfloat16 or float16"},
     )  # fmt: skip
     max_running_requests: int = dataclasses.field(
         default=16, metadata={"help": "requests decoded together in one batch"}

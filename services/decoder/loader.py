@@ -48,12 +48,15 @@ class LoadedDecoder:
         )
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto: float32 on the CPU; bfloat16 on a GPU that has it, else float16."""
+def resolve_dtype(name: str, device: torch.device, quant: str = "none") -> torch.dtype:
+    """auto: bfloat16 on a GPU that has it, else float16. On the CPU, float32 for FP weights
+    (exact parity with transformers) but bfloat16 around quantized ones: the int4 and
+    bitsandbytes kernels compute in 16 bits anyway, and the fp32 remainder would double the
+    weight memory and the decode time (bench/quant.py)."""
     if name != "auto":
         return DTYPES[name]
     if device.type != "cuda":
-        return torch.float32
+        return torch.float32 if quant == "none" else torch.bfloat16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
@@ -73,7 +76,7 @@ def load_decoder(config: DecoderConfig) -> LoadedDecoder:
 
     bundle = Bundle.load(config.bundle)
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    dtype = resolve_dtype(config.dtype, device, config.quant)
     model = Glm4ForCausalLM.from_pretrained(bundle.decoder, dtype, device)
     label = apply_quantization(model, config.quant, bundle, device)
     model_config = model.config

@@ -1,0 +1,21 @@
+"""`python -m bench` (`make bench`): every benchmark in turn, each with its default settings.
+
+Run one alone with `python -m bench.decode` or `python -m bench.quant` (both take --help).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bench import decode, quant
+
+
+def main() -> int:
+    status = 0
+    for bench in (decode, quant):
+        status |= bench.main([])
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
