@@ -4,6 +4,8 @@ Every Linear of its six encoder layers is quantized to 4 bits, group size 128, o
 (act-order, layer by layer, calibrated on the repo's calibration text) and once by
 round-to-nearest.
 On held-out sentences, GPTQ's sentence embeddings must stay closer to FP32's than RTN's.
+Then the algorithm's own properties on synthetic inputs: lower output error than rounding,
+act-order's g_idx, inputs that never fire.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer, BertModel, PreTrainedTokenizerBase
 
+from quantize.checkpoint import QuantizedWeight
 from quantize.cli import DEFAULT_CALIBRATION
+from quantize.gptq import Hessian, gptq_quantize
 from quantize.layerwise import GPTQSettings, quantize_layers
 from quantize.rtn import rtn_quantize
 
@@ -122,3 +126,52 @@ def test_gptq_embeddings_are_closer_to_fp32_than_rtn(
     assert gptq_cosine.mean() > rtn_cosine.mean() + 0.005
     assert wins >= 0.75
     assert gptq_cosine.mean() > 0.96
+
+
+def correlated_inputs(features: int, tokens: int = 2048) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(features)
+    mixing = torch.randn(features, features, generator=generator) / features**0.5
+    scales = torch.rand(features, generator=generator) * 3  # uneven channel magnitudes
+    return torch.randn(tokens, features, generator=generator) @ mixing * scales
+
+
+@pytest.mark.parametrize(
+    ("bits", "group_size", "act_order"),
+    [(4, 128, False), (4, 128, True), (4, -1, False), (8, 128, True)],
+)
+def test_gptq_output_error_is_below_rtn(bits: int, group_size: int, act_order: bool) -> None:
+    """GPTQ minimises ||X W^T - X W_q^T||: on the inputs it saw, it beats rounding."""
+    x = correlated_inputs(256)
+    weight = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
+    hessian = Hessian(256)
+    hessian.add(x)
+    gptq = gptq_quantize(weight, hessian.matrix, bits, group_size, act_order=act_order)
+    rtn = rtn_quantize(weight, bits, group_size)
+
+    def output_error(q: QuantizedWeight) -> float:
+        return float(((x @ (weight - q.dequantize()).T) ** 2).mean())
+
+    assert output_error(gptq) < 0.75 * output_error(rtn)
+    assert int(gptq.q.max()) < 2**bits and gptq.scales.shape == rtn.scales.shape
+
+
+def test_act_order_gives_each_group_its_size_in_a_scrambled_order() -> None:
+    x = correlated_inputs(256)
+    hessian = Hessian(256)
+    hessian.add(x)
+    weight = torch.randn(32, 256)
+    g_idx = gptq_quantize(weight, hessian.matrix, 4, 64, act_order=True).g_idx
+    assert torch.bincount(g_idx.long()).tolist() == [64, 64, 64, 64]
+    assert not torch.equal(g_idx, torch.arange(256, dtype=torch.int32) // 64)
+    # The busiest input (largest Hessian diagonal) is quantized first, in group 0.
+    assert g_idx[torch.argmax(torch.diag(hessian.matrix))] == 0
+
+
+def test_inputs_never_seen_get_zero_weight() -> None:
+    x = correlated_inputs(128)
+    x[:, 5] = 0.0
+    hessian = Hessian(128)
+    hessian.add(x)
+    weight = torch.randn(16, 128)
+    quantized = gptq_quantize(weight, hessian.matrix, 4, 128).dequantize()
+    assert torch.all(quantized[:, 5] == 0)
