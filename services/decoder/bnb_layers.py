@@ -9,19 +9,7 @@ import bitsandbytes as bnb
 import torch
 from torch import nn
 
-# LLM.int8(): activation columns above this magnitude take the fp16 outlier path.
-INT8_THRESHOLD = 6.0
-
-
-class Int8Linear(bnb.nn.Linear8bitLt):
-    """Linear8bitLt that takes and returns the model's dtype.
-
-    bitsandbytes quantizes activations from fp16 (and logs a warning on every call when given
-    fp32), so the cast happens here, once, and the output goes back to the caller's dtype.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.to(torch.float16)).to(x.dtype)
+from services.common.int8 import DEFAULT_THRESHOLD, Int8Linear
 
 
 def nf4_linear(linear: nn.Linear, device: torch.device) -> nn.Module:
@@ -47,20 +35,9 @@ def nf4_linear(linear: nn.Linear, device: torch.device) -> nn.Module:
 
 
 def int8_linear(
-    linear: nn.Linear, device: torch.device, threshold: float = INT8_THRESHOLD
+    linear: nn.Linear, device: torch.device, threshold: float = DEFAULT_THRESHOLD
 ) -> nn.Module:
-    """LLM.int8(): int8 weights per output row, outlier input columns in fp16."""
-    layer = Int8Linear(
-        linear.in_features,
-        linear.out_features,
-        bias=linear.bias is not None,
-        has_fp16_weights=False,
-        threshold=threshold,
-    )
-    layer.weight = bnb.nn.Int8Params(
-        linear.weight.data.float().cpu(), requires_grad=False, has_fp16_weights=False
-    )
-    if linear.bias is not None:
-        layer.bias = nn.Parameter(linear.bias.data.clone(), requires_grad=False)
+    """LLM.int8(): int8 weights per output row, outlier input columns in fp16 (the same layer
+    the encoder towers use)."""
     # In training mode bitsandbytes dequantizes on every call (12-50x slower on CPU).
-    return layer.to(device).eval()
+    return Int8Linear.from_linear(linear, threshold).to(device).eval()
