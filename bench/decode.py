@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import Glm4ForCausalLM, LogitsProcessor, LogitsProcessorList
 
+from bench.report import write_report
 from bundle.build import build_bundle
 from bundle.layout import Bundle
 from services.decoder.config import DecoderConfig
@@ -250,13 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "decode",
         "new_tokens": new_tokens,
         "parameters": params,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
         "results": results,
     }  # fmt: skip
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.output}")
+    write_report(args.output, report, console)
     return 0
 
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -38,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoModel, AutoTokenizer, Glm4ForCausalLM
 
+from bench.report import write_report
 from bundle.build import build_bundle
 from bundle.layout import Bundle
 from quantize.cli import DEFAULT_CALIBRATION
@@ -303,16 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         "gptq_quantize_s": quantize_s,
         "prompt_tokens": args.prompt,
         "new_tokens": args.new_tokens,
-        "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads()},
         "results": results,
         "targets": TARGETS,
         "gptq_achieved": achieved,
         "minilm": minilm,
     }  # fmt: skip
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.output}")
+    write_report(args.output, report, console)
     return 0
 
 
