@@ -104,3 +104,23 @@ def encoded_audio(
     out = io.BytesIO()
     soundfile.write(out, samples, rate, format=format, subtype=subtype)
     return out.getvalue()
+
+
+async def assert_health_contract(started: Started, service: str) -> None:
+    """The named service was NOT_SERVING until its tower loaded; it and "" now serve."""
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert started.startup_statuses == [not_serving, serving]
+    async with client_channel(started.process.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", service):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == serving
+
+
+def assert_reflection_contract(started: Started, service: str) -> None:
+    """Server reflection lists the encoder (Encode, Info) and the health service."""
+    services, methods = reflection(started.process.target, service)
+    assert service in services
+    assert "grpc.health.v1.Health" in services
+    assert sorted(methods) == ["Encode", "Info"]

@@ -10,7 +10,6 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autoglm.v1 import audio_pb2_grpc, encoder_pb2
 from services.common.encoder_types import (
@@ -22,9 +21,10 @@ from services.common.encoder_types import (
 from services.common.health import AUDIO_SERVICE
 from tests.encoders.helpers import (
     Started,
+    assert_health_contract,
+    assert_reflection_contract,
     client_channel,
     encoded_audio,
-    reflection,
     speech_like,
     start_encoder,
 )
@@ -173,18 +173,8 @@ async def test_requests_and_responses_over_4_mib_go_through(
 async def test_health_is_named_not_serving_until_loaded_and_overall_serving(
     audio: Started,
 ) -> None:
-    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-    serving = health_pb2.HealthCheckResponse.SERVING
-    assert audio.startup_statuses == [not_serving, serving]
-    async with client_channel(audio.process.target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        for name in ("", AUDIO_SERVICE):
-            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
-            assert reply.status == serving
+    await assert_health_contract(audio, AUDIO_SERVICE)
 
 
 def test_reflection_lists_the_service(audio: Started) -> None:
-    services, methods = reflection(audio.process.target, AUDIO_SERVICE)
-    assert AUDIO_SERVICE in services
-    assert "grpc.health.v1.Health" in services
-    assert sorted(methods) == ["Encode", "Info"]
+    assert_reflection_contract(audio, AUDIO_SERVICE)

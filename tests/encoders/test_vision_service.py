@@ -11,7 +11,6 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autoglm.v1 import encoder_pb2, vision_pb2_grpc
 from services.common.encoder_types import (
@@ -21,7 +20,13 @@ from services.common.encoder_types import (
     encode_request_to_pb,
 )
 from services.common.health import VISION_SERVICE
-from tests.encoders.helpers import Started, client_channel, reflection, start_encoder
+from tests.encoders.helpers import (
+    Started,
+    assert_health_contract,
+    assert_reflection_contract,
+    client_channel,
+    start_encoder,
+)
 from tests.media import image_bytes
 
 MAX_ITEMS = 400
@@ -153,18 +158,8 @@ async def test_responses_over_4_mib_go_through(stub: vision_pb2_grpc.VisionEncod
 async def test_health_is_named_not_serving_until_loaded_and_overall_serving(
     vision: Started,
 ) -> None:
-    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-    serving = health_pb2.HealthCheckResponse.SERVING
-    assert vision.startup_statuses == [not_serving, serving]
-    async with client_channel(vision.process.target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        for name in ("", VISION_SERVICE):
-            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
-            assert reply.status == serving
+    await assert_health_contract(vision, VISION_SERVICE)
 
 
 def test_reflection_lists_the_service(vision: Started) -> None:
-    services, methods = reflection(vision.process.target, VISION_SERVICE)
-    assert VISION_SERVICE in services
-    assert "grpc.health.v1.Health" in services
-    assert sorted(methods) == ["Encode", "Info"]
+    assert_reflection_contract(vision, VISION_SERVICE)
