@@ -96,30 +96,21 @@ class Formatter:
     # --- chat completions --------------------------------------------------------------------
 
     async def chat_completion(self, job: Job, events: AsyncIterator[ChoiceEvent]) -> ChatCompletion:
-        n = len(job.generate_requests)
-        content, reasoning = [""] * n, [""] * n
-        logprobs: list[list[decoder.TokenLogprob]] = [[] for _ in range(n)]
-        finish: list[str] = ["length"] * n
-        async for event in events:
-            content[event.index] += event.delta.content
-            reasoning[event.index] += event.delta.reasoning
-            logprobs[event.index] += event.logprobs
-            finish[event.index] = event.finish_reason or finish[event.index]
         wants_logprobs = job.params.wants_logprobs()[0]
         choices = [
             ChatChoice(
                 index=i,
                 message=ChatMessage(
-                    content=content[i],
-                    reasoning_content=reasoning[i] or None,
-                    reasoning=reasoning[i] or None,
+                    content=c.content,
+                    reasoning_content=c.reasoning or None,
+                    reasoning=c.reasoning or None,
                 ),
-                logprobs=ChoiceLogprobs(content=self.chat_logprobs(logprobs[i]))
+                logprobs=ChoiceLogprobs(content=self.chat_logprobs(c.logprobs))
                 if wants_logprobs
                 else None,
-                finish_reason=finish[i],  # type: ignore[arg-type]
+                finish_reason=c.finish_reason,  # type: ignore[arg-type]
             )
-            for i in range(n)
+            for i, c in enumerate(await _collect(job, events))
         ]
         return ChatCompletion(
             id=job.id,
@@ -180,23 +171,15 @@ class Formatter:
         )  # fmt: skip
 
     async def completion(self, job: Job, events: AsyncIterator[ChoiceEvent]) -> Completion:
-        n = len(job.generate_requests)
-        text = [""] * n
-        logprobs: list[list[decoder.TokenLogprob]] = [[] for _ in range(n)]
-        finish: list[str] = ["length"] * n
-        async for event in events:
-            text[event.index] += event.delta.content
-            logprobs[event.index] += event.logprobs
-            finish[event.index] = event.finish_reason or finish[event.index]
         wants_logprobs = job.params.wants_logprobs()[0]
         choices = [
             CompletionChoice(
                 index=i,
-                text=text[i],
-                logprobs=self.completion_logprobs(logprobs[i], 0) if wants_logprobs else None,
-                finish_reason=finish[i],  # type: ignore[arg-type]
+                text=c.content,
+                logprobs=self.completion_logprobs(c.logprobs, 0) if wants_logprobs else None,
+                finish_reason=c.finish_reason,  # type: ignore[arg-type]
             )
-            for i in range(n)
+            for i, c in enumerate(await _collect(job, events))
         ]
         return self._completion(job, choices, self.usage(job.counts))
 
@@ -239,3 +222,24 @@ async def _guarded(lines: AsyncIterator[str]) -> AsyncIterator[str]:
         log.warning("stream failed after it began: %s", type(exc).__name__)
         yield _event(map_exception(exc).body)
     yield DONE
+
+
+@dataclasses.dataclass
+class _Collected:
+    """One choice of a non-streamed response, gathered from its events."""
+
+    content: str = ""
+    reasoning: str = ""
+    logprobs: list[decoder.TokenLogprob] = dataclasses.field(default_factory=list)
+    finish_reason: str = "length"
+
+
+async def _collect(job: Job, events: AsyncIterator[ChoiceEvent]) -> list[_Collected]:
+    choices = [_Collected() for _ in job.generate_requests]
+    async for event in events:
+        choice = choices[event.index]
+        choice.content += event.delta.content
+        choice.reasoning += event.delta.reasoning
+        choice.logprobs += event.logprobs
+        choice.finish_reason = event.finish_reason or choice.finish_reason
+    return choices
