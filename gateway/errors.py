@@ -99,7 +99,9 @@ def _from_validation(errors: Sequence[Any]) -> MappedError:
     if first.get("type") == "json_invalid":
         return _mapped(400, "the request body is not valid JSON", "invalid_request_error")
     where = _location(first.get("loc", ()))
-    message = f"{where}: {first['msg']}" if where else str(first["msg"])
+    # pydantic prefixes a validator's own message with "Value error, "; clients need only ours
+    text = str(first["msg"]).removeprefix("Value error, ")
+    message = f"{where}: {text}" if where else text
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more errors)"
     return _mapped(400, message, "invalid_request_error", param=where or None)
@@ -127,7 +129,9 @@ def map_exception(exc: BaseException) -> MappedError:
         return _from_grpc(exc)
     if isinstance(exc, HTTPException):
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return _mapped(exc.status_code, str(exc.detail), kind)
+        mapped = _mapped(exc.status_code, str(exc.detail), kind)
+        mapped.headers.update(exc.headers or {})  # e.g. Allow on 405, as RFC 9110 requires
+        return mapped
     if isinstance(exc, TimeoutError):
         return _mapped(504, "the request did not finish within its deadline", "timeout_error")
     log.error("unexpected error", exc_info=exc)

@@ -70,6 +70,21 @@ def test_bad_requests_are_400(
         assert error["param"] == param
 
 
+def test_a_validators_message_reaches_the_client_as_written(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=user(TEXT), max_tokens=2, top_logprobs=3
+        )
+    assert caught.value.body["message"] == "top_logprobs requires logprobs to be true"  # type: ignore[index]
+
+
+def test_a_wrong_method_is_405_with_allow_and_openai_shape(stack: Stack) -> None:
+    reply = httpx.delete(f"{stack.base_url}/chat/completions", timeout=10)
+    assert reply.status_code == 405
+    assert reply.headers["allow"] == "POST"
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=user(TEXT))
