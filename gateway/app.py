@@ -32,6 +32,7 @@ from gateway.formatting import Formatter
 from gateway.fusion import FusionModel
 from gateway.limits import BodySizeLimit
 from gateway.media import MediaLoader
+from gateway.metrics import ARRIVED, Metrics, ObserveRequests
 from gateway.openapi import ERROR_RESPONSES, STREAM_RESPONSE, truthful_openapi
 from gateway.pipeline import ChoiceEvent, Job, Pipeline
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
@@ -130,7 +131,8 @@ async def _respond(
     collect: Callable[[Job, AsyncIterator[ChoiceEvent]], Awaitable[Any]],
     stream: Callable[[Job, AsyncIterator[ChoiceEvent]], AsyncIterator[str]],
 ) -> Response:
-    events = job.events()
+    metrics: Metrics = request.app.state.metrics
+    events = metrics.track(job.events(), job.counts, request.scope[ARRIVED])
     if not job.params.stream:
         async with contextlib.aclosing(events):
             body = await _until_disconnected(request, lambda: collect(job, events))
@@ -204,6 +206,11 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(payload, status_code=200 if ok else 503)
 
 
+async def metrics(request: Request) -> Response:
+    exported: Metrics = request.app.state.metrics
+    return Response(exported.exposition(), media_type=exported.content_type)
+
+
 def create_app(config: GatewayConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -226,7 +233,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
         methods=["GET"],
         summary="Readiness: 200 once vision, audio and decoder all report SERVING, else 503",
     )
+    app.add_api_route(
+        "/metrics", metrics, methods=["GET"], summary="Prometheus metrics", include_in_schema=False
+    )
     install_error_handlers(app)
+    app.state.metrics = Metrics()
+    app.add_middleware(ObserveRequests, metrics=app.state.metrics)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
     app.openapi = lambda: truthful_openapi(app)  # type: ignore[method-assign]
     return app

@@ -1,0 +1,57 @@
+"""GET /metrics: Prometheus counters that move by exactly what each request did."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Stack
+from tests.gateway.conftest import MODEL
+from tests.media import data_url, image_bytes
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(stack: Stack) -> Samples:
+    reply = httpx.get(f"{stack.gateway.url}/metrics", timeout=10)
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
+
+
+def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_counters_follow_a_chat_request(stack: Stack, client: openai.OpenAI) -> None:
+    before = scrape(stack)
+    image = {"type": "image_url", "image_url": {"url": data_url(image_bytes(seed=7), "image/png")}}
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}],
+        max_tokens=5,
+    )
+    after = scrape(stack)
+    usage = completion.usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+
+    route = "/v1/chat/completions"
+    assert delta(before, after, "autoglm_http_requests_total", route=route, status="200") == 1
+    assert delta(before, after, "autoglm_prompt_tokens_total") == usage.prompt_tokens
+    assert delta(before, after, "autoglm_generation_tokens_total") == usage.completion_tokens
+    image_tokens = usage.prompt_tokens_details.model_dump()["image_tokens"]
+    assert delta(before, after, "autoglm_media_tokens_total", kind="image") == image_tokens
+    assert delta(before, after, "autoglm_time_to_first_token_seconds_count") == 1
+
+
+def test_errors_are_counted_under_their_route_and_status(stack: Stack) -> None:
+    before = scrape(stack)
+    httpx.get(f"{stack.base_url}/models/not-a-model", timeout=10)
+    after = scrape(stack)
+    route = "/v1/models/{model_id}"
+    assert delta(before, after, "autoglm_http_requests_total", route=route, status="404") == 1
