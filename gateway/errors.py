@@ -48,6 +48,10 @@ class ModelNotFound(ApiError):
     status, code = 404, "model_not_found"
 
 
+class ContextLengthExceeded(ApiError):
+    code = "context_length_exceeded"
+
+
 class BodyTooLarge(ApiError):
     status, code = 413, "request_too_large"
 

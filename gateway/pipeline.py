@@ -18,11 +18,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import anyio
+import grpc
 import torch
 
 from gateway.chat import ChatPrompter, Prompt
 from gateway.clients import Deadline, ServiceClients
 from gateway.config import GatewayConfig
+from gateway.errors import ContextLengthExceeded
 from gateway.fusion import FusionModel
 from gateway.media import MediaLoader
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, GenerationParams
@@ -128,6 +130,7 @@ class Pipeline:
         self.fusion = fusion
         self.clients = clients
         self.media = media
+        self._context_length: int | None = None
 
     async def prepare_chat(self, body: ChatCompletionRequest, request_id: str) -> Job:
         deadline = Deadline(self.config.request_timeout_s)
@@ -160,7 +163,7 @@ class Pipeline:
             prompt.media_tokens("audio"), len(media),
         )  # fmt: skip
         parser = dict(thinking=body.thinking, reasoning=self._reasoning_output(body))
-        return self._job("chatcmpl", body, request_id, deadline, prompt, segments, parser)
+        return await self._job("chatcmpl", body, request_id, deadline, prompt, segments, parser)
 
     def _reasoning_output(self, body: ChatCompletionRequest) -> ReasoningOutput:
         """Inline (request field, else the server default) beats separate beats left out."""
@@ -174,9 +177,35 @@ class Pipeline:
     async def prepare_completion(self, body: CompletionRequest, request_id: str) -> Job:
         prompt = Prompt(self.prompter.encode_prompt(body.prompt_text), [])
         deadline = Deadline(self.config.request_timeout_s)
-        return self._job("cmpl", body, request_id, deadline, prompt, (), {"split_reasoning": False})
+        parser = {"split_reasoning": False}
+        return await self._job("cmpl", body, request_id, deadline, prompt, (), parser)
 
-    def _job(
+    async def _max_model_len(self, request_id: str) -> int | None:
+        """The decoder's context length, asked once; None while it does not answer (the
+        decoder then still caps each completion at the context it has left)."""
+        if self._context_length is None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                info = await self.clients.decoder_info(request_id)
+                self._context_length = info.max_model_len
+        return self._context_length
+
+    async def _check_context_length(
+        self, body: GenerationParams, prompt_tokens: int, request_id: str
+    ) -> None:
+        """An explicit max_tokens that cannot fit is a 400, as OpenAI and vLLM answer it;
+        the server's default max_tokens is only ever capped."""
+        requested = body.requested_max_tokens()
+        limit = await self._max_model_len(request_id) if requested else None
+        if requested and limit and prompt_tokens + requested > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {prompt_tokens + requested} tokens ({prompt_tokens} in the "
+                f"messages, {requested} in the completion). Please reduce the length of the "
+                "messages or completion.",
+                param="messages",
+            )
+
+    async def _job(
         self,
         prefix: str,
         body: GenerationParams,
@@ -186,6 +215,7 @@ class Pipeline:
         segments: tuple[MultimodalSegment, ...],
         parser: dict[str, Any],
     ) -> Job:
+        await self._check_context_length(body, len(prompt.input_ids), request_id)
         stopping = body.to_stopping_params(self.config.default_max_tokens)
         job_id = f"{prefix}-{uuid.uuid4().hex}"
         requests = [

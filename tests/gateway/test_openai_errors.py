@@ -85,6 +85,18 @@ def test_a_wrong_method_is_405_with_allow_and_openai_shape(stack: Stack) -> None
     assert reply.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_max_tokens_beyond_the_context_is_400_as_openai_words_it(
+    client: openai.OpenAI, stack: Stack
+) -> None:
+    context = httpx.get(f"{stack.base_url}/models/{MODEL}", timeout=10).json()["max_model_len"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=user(TEXT), max_tokens=context)
+    assert caught.value.code == "context_length_exceeded"
+    assert f"maximum context length is {context} tokens" in caught.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=context)
+
+
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=user(TEXT))
