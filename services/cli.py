@@ -12,6 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from bundle.presets import PRESETS
+from services.common.config import add_config_args, config_from_args
+
 # service -> (module.Class of its config, module.function that runs it)
 SERVICES: dict[str, tuple[str, str]] = {
     "vision": ("services.vision.config:VisionConfig", "services.vision.server:run"),
@@ -30,8 +33,6 @@ def _load(path: str) -> Any:
 def _add_config_command(
     subparsers: Any, name: str, target: tuple[str, str], help_text: str
 ) -> None:
-    from services.common.config import add_config_args
-
     parser = subparsers.add_parser(name, help=help_text)
     add_config_args(parser, _load(target[0]))
     parser.set_defaults(target=target)
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
     init = bundle_commands.add_parser("init", help="build the default bundle deterministically")
     init.add_argument("path", nargs="?", default="models/default")
-    init.add_argument("--preset", choices=("default", "bench"), default="default")
+    init.add_argument("--preset", choices=PRESETS, default="default")
     init.add_argument("--force", action="store_true", help="rebuild even if the bundle exists")
     init.set_defaults(run="bundle.build:cli")
 
@@ -67,8 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if hasattr(args, "target"):
-        from services.common.config import config_from_args
-
         try:
             config = config_from_args(_load(args.target[0]), args)
         except ValueError as exc:
