@@ -86,9 +86,11 @@ def weight_bytes(model: torch.nn.Module) -> dict[str, int]:
     sizes = {"layer_linears": 0, "embeddings": 0, "lm_head": 0, "norms": 0}
     seen: set[int] = set()
     for name, tensor in model.state_dict().items():
-        if tensor.data_ptr() in seen:  # tied weights count once
+        # tied weights count once; oneDNN-repacked weights have no data pointer but are never tied
+        key = id(tensor) if tensor.is_mkldnn else tensor.data_ptr()
+        if key in seen:
             continue
-        seen.add(tensor.data_ptr())
+        seen.add(key)
         sizes[component(name)] += tensor.numel() * tensor.element_size()
     return sizes | {"total": sum(sizes.values())}
 

@@ -34,6 +34,7 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_DECODER_MAX_MODEL_LEN": "longest prompt + completion (0: the model's context length)",
     "AUTOGLM_DECODER_PREFILL_CHUNK_TOKENS": "prompt tokens prefilled per engine step",
     "AUTOGLM_DECODER_KV_BLOCK_SIZE": "tokens per KV cache block",
+    "AUTOGLM_DECODER_CPU_PREPACK": "on the CPU, reorder FP Linear weights for oneDNN (true/false)",
     # Gateway.
     "AUTOGLM_GATEWAY_PORT": "gateway HTTP port (8000)",
     "AUTOGLM_GATEWAY_DEVICE": "gateway device (FP16 fusion): cpu, cuda:N or auto",

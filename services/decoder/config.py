@@ -41,6 +41,11 @@ class DecoderConfig(ServiceConfig):
     kv_block_size: int = dataclasses.field(
         default=16, metadata={"help": "tokens per KV cache block"}
     )
+    cpu_prepack: bool = dataclasses.field(
+        default=True,
+        metadata={"help": "on the CPU, reorder the FP Linear weights once for oneDNN "
+                  "(1.2-3.7x faster GEMMs than plain torch)"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()

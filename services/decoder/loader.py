@@ -15,6 +15,7 @@ from services.decoder.config import DecoderConfig
 from services.decoder.engine import Engine, EngineLimits
 from services.decoder.kv_cache import KVCache
 from services.decoder.model import Glm4ForCausalLM
+from services.decoder.onednn import prepack_linears
 from services.decoder.types import DecoderInfo
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ def load_decoder(config: DecoderConfig) -> LoadedDecoder:
     dtype = resolve_dtype(config.dtype, device, config.quant)
     model = Glm4ForCausalLM.from_pretrained(bundle.decoder, dtype, device)
     label = apply_quantization(model, config.quant, bundle, device)
+    if config.cpu_prepack and device.type == "cpu":
+        log.info("%d Linear layers repacked for oneDNN", prepack_linears(model))
     model_config = model.config
     max_model_len = config.max_model_len or min(
         int(model_config.max_position_embeddings), config.max_total_tokens

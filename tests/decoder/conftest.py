@@ -10,6 +10,7 @@ import torch
 from transformers import Glm4Config, Glm4ForCausalLM
 
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
+from services.decoder.onednn import prepack_linears
 from tests.decoder.engines import EOS
 
 TINY: dict[str, Any] = dict(
@@ -33,6 +34,11 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_checkpoint: Path) -> ServingGlm4:
-    return ServingGlm4.from_pretrained(tiny_checkpoint, torch.float32, torch.device("cpu"))
+@pytest.fixture(scope="session", params=["torch", "onednn"])
+def tiny_model(request: pytest.FixtureRequest, tiny_checkpoint: Path) -> ServingGlm4:
+    """The serving model on plain torch Linear layers, and on weights repacked for oneDNN (what
+    the service runs on the CPU): every parity and engine test holds for both."""
+    model = ServingGlm4.from_pretrained(tiny_checkpoint, torch.float32, torch.device("cpu"))
+    if request.param == "onednn":
+        assert prepack_linears(model) == 6 * model.config.num_hidden_layers + 1  # + lm_head
+    return model
