@@ -1,12 +1,16 @@
 """Decode throughput and time to first token: the engine against transformers' generate.
 
 Both run on the bench decoder's weights (``build_bundle(preset="bench")``, about 150M
-parameters) in this process, greedy, ``--new-tokens`` tokens per request with EOS ignored.
+parameters) in this process, on the same device and in the same dtype (``--device``,
+``--dtype``: fp32 on the CPU by default), greedy, ``--new-tokens`` tokens per request with EOS
+ignored. The engine runs as the service would on that device (on the CPU: its Linear weights
+repacked for oneDNN, ``--no-cpu-prepack`` for plain torch).
 Concurrency 1 runs the requests one after another on both; at 4 and 16 the engine gets them all
 at once (continuous batching) and transformers gets them as one left-padded batch. Throughput is
 generated tokens over wall time (prefill included); TTFT is from submission to the first token.
 
     python -m bench.decode [--quick] [--repeats N] [--bundle PATH] [--output PATH]
+                           [--device cuda:0 --dtype bfloat16] [--no-cpu-prepack]
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 from transformers import Glm4ForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from bench.report import write_report
 from bundle.build import build_bundle
 from bundle.layout import Bundle
+from services.common.device import resolve_device
 from services.decoder.config import DecoderConfig
 from services.decoder.engine import Engine
-from services.decoder.loader import load_decoder
+from services.decoder.loader import DTYPES, load_decoder
 from services.decoder.types import GenerateRequest, StoppingParams
 
 DEFAULT_OUTPUT = Path("bench/results/decode.json")
@@ -98,8 +104,10 @@ def run_transformers(
     model: Glm4ForCausalLM, batch: list[list[int]], new_tokens: int, pad_id: int
 ) -> tuple[Run, list[list[int]]]:
     longest = max(len(ids) for ids in batch)
-    input_ids = torch.tensor([[pad_id] * (longest - len(ids)) + ids for ids in batch])
-    mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in batch])
+    padding = [longest - len(ids) for ids in batch]
+    input_ids = torch.tensor([[pad_id] * n + ids for n, ids in zip(padding, batch, strict=True)])
+    mask = torch.tensor([[0] * n + [1] * (longest - n) for n in padding])
+    input_ids, mask = input_ids.to(model.device), mask.to(model.device)
     first = _FirstCall()
     start = time.perf_counter()
     with torch.inference_mode():
@@ -207,8 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="32 new tokens, 1 sequential request, 1 pass"
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both sides)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="both sides")
+    parser.add_argument(
+        "--cpu-prepack",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the engine's oneDNN weight repacking on the CPU (the service's default)",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
     new_tokens = 32 if args.quick else args.new_tokens
     sequential = 1 if args.quick else args.sequential_requests
     repeats = 1 if args.quick else args.repeats
@@ -218,13 +235,18 @@ def main(argv: list[str] | None = None) -> int:
         bundle = (
             Bundle.load(args.bundle) if args.bundle else build_bundle(Path(tmp) / "bench", "bench")
         )
-        config = DecoderConfig(bundle=bundle.root, quant="none", device="cpu", dtype="float32")
+        config = DecoderConfig(
+            bundle=bundle.root, quant="none", device=str(device), dtype=args.dtype,
+            cpu_prepack=args.cpu_prepack,
+        )  # fmt: skip
         engine = load_decoder(config).engine
-        model = Glm4ForCausalLM.from_pretrained(bundle.decoder, dtype=torch.float32).eval()
+        model = Glm4ForCausalLM.from_pretrained(bundle.decoder, dtype=DTYPES[args.dtype]).eval()
+        nn.Module.to(model, device)  # in place; transformers' wrapped .to() confuses mypy
     vocab, pad_id = model.config.vocab_size, model.config.pad_token_id or 0
     params = sum(p.numel() for p in model.parameters())
     console.print(
-        f"bench decoder: {params / 1e6:.0f}M parameters, {torch.get_num_threads()} threads"
+        f"bench decoder: {params / 1e6:.0f}M parameters, {args.dtype} on {device}, "
+        f"{torch.get_num_threads()} CPU threads, engine cpu_prepack={args.cpu_prepack}"
     )
 
     # warm-up: first calls allocate and pick kernels
@@ -249,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "decode",
         "new_tokens": new_tokens,
         "parameters": params,
+        "device": str(device),
+        "dtype": args.dtype,
+        "cpu_prepack": args.cpu_prepack,
         "results": results,
     }  # fmt: skip
     write_report(args.output, report, console)
