@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 # made once (order-only on the bundle), never again because a file changed.
 GPTQ := $(BUNDLE)/decoder-gptq/quantize_config.json
 
-.PHONY: up test env bundle quantize protos lint bench clean
+.PHONY: up test env bundle quantize protos lint bench device-check clean
 
 up: env bundle quantize
 	$(BIN)/autoglm up --bundle $(BUNDLE)
@@ -45,6 +45,10 @@ lint: env
 
 bench: env
 	$(BIN)/python -m bench
+
+# The accelerator paths (bitsandbytes, int4 kernels, services on cuda:N); see bench/device_check.
+device-check: env
+	$(BIN)/python -m bench.device_check
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,200 @@
+"""The real processes: `autoglm up` on the device, asked over gRPC and through the gateway.
+
+The launcher runs as a subprocess on free loopback ports, as a user would start it; its output
+goes to a log file beside the report. The group's generator owns it: whatever the checks did,
+its ``finally`` leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import openai
+
+from autoglm.v1 import (
+    audio_pb2_grpc,
+    decoder_pb2,
+    decoder_pb2_grpc,
+    encoder_pb2,
+    vision_pb2_grpc,
+)
+from bench.device_check import media
+from bench.device_check.runner import Check, Probe
+from bundle.layout import Bundle
+from services.health_probe import http_ready
+from services.launcher import SERVICES
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 60.0
+RPC_TIMEOUT_S = 10.0
+LOG_TAIL_CHARS = 3000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting to be reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+class LaunchedStack:
+    """`python -m services.cli up` on ``device``, every service on a free port."""
+
+    def __init__(self, bundle: Path, device: str, log_path: Path) -> None:
+        self.bundle = bundle
+        self.device = device
+        self.log_path = log_path
+        self.ports = {name: free_port() for name in SERVICES}
+        command = [sys.executable, "-m", "services.cli", "up", "--bundle", str(bundle)]
+        command += ["--host", "127.0.0.1", "--device", device]
+        command += ["--startup-timeout-s", str(READY_TIMEOUT_S)]
+        for name, port in self.ports.items():
+            command += [f"--{name}-port", str(port)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOGLM_")}
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            )
+        self.url = ""
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self) -> str:
+        return self.log[-LOG_TAIL_CHARS:]
+
+    def children(self) -> dict[str, int]:
+        return {m[0]: int(m[1]) for m in re.findall(r"started (\w+) \(pid (\d+)\)", self.log)}
+
+    def target(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    def check_ready(self, probe: Probe) -> None:
+        started = time.monotonic()
+        deadline = started + READY_TIMEOUT_S
+        while not (found := re.search(r"is being served at (http://\S+)", self.log)):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"up exited with {self.process.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no URL after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.5)
+        self.url = found[1]
+        probe.record(ready_s=time.monotonic() - started, url=self.url)
+        probe.require(http_ready(f"{self.url}/health"), "the gateway's /health answers 200")
+        probe.require(sorted(self.children()) == sorted(SERVICES), "up started all four")
+
+    def require_started(self) -> None:
+        if not self.url:
+            raise RuntimeError("the stack never became ready")
+
+    def check_info_devices(self, probe: Probe) -> None:
+        """Each gRPC service's Info names the device the stack was started on."""
+        self.require_started()
+        stubs = {
+            "vision": (vision_pb2_grpc.VisionEncoderStub, encoder_pb2.EncoderInfoRequest()),
+            "audio": (audio_pb2_grpc.AudioEncoderStub, encoder_pb2.EncoderInfoRequest()),
+            "decoder": (decoder_pb2_grpc.DecoderStub, decoder_pb2.DecoderInfoRequest()),
+        }
+        for name, (stub_class, request) in stubs.items():
+            with grpc.insecure_channel(self.target(name)) as channel:
+                info = stub_class(channel).Info(request, timeout=RPC_TIMEOUT_S)
+            probe.record(**{f"{name}_device": info.device})
+            probe.require(info.device == self.device, f"{name} Info reports {self.device}")
+
+    def check_chat(self, probe: Probe) -> None:
+        """One chat completion with an image and an audio clip, through the openai SDK."""
+        self.require_started()
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="EMPTY", max_retries=0)
+        content = [
+            {"type": "text", "text": "What do you see and hear?"},
+            {"type": "image_url", "image_url": {"url": media.data_url(media.png(3), "image/png")}},
+            {
+                "type": "input_audio",
+                "input_audio": {"data": media.b64(media.wav(1.0, 3)), "format": "wav"},
+            },
+        ]
+        started = time.monotonic()
+        completion = client.chat.completions.create(
+            model=Bundle.load(self.bundle).served_model_name,
+            messages=[{"role": "user", "content": content}],  # type: ignore[list-item,misc]
+            max_tokens=8,
+            temperature=0,
+            timeout=120,
+        )
+        probe.record(latency_s=time.monotonic() - started)
+        choice, usage = completion.choices[0], completion.usage
+        probe.record(finish_reason=choice.finish_reason)
+        probe.require(choice.finish_reason in ("stop", "length"), "the completion finished")
+        probe.require(usage is not None, "usage is reported")
+        if usage is not None:
+            probe.record(
+                prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+            )
+            probe.require(usage.completion_tokens >= 1, "at least one token generated")
+
+    def check_gpu_memory(self, probe: Probe) -> None:
+        """nvidia-smi's per-process memory (one process cannot see another's CUDA allocations)."""
+        result = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        probe.require(result.returncode == 0, f"nvidia-smi ran: {result.stderr.strip()}")
+        pids = {str(pid): name for name, pid in self.children().items()}
+        for line in result.stdout.splitlines()[1:]:  # after the CSV header
+            pid, _, used = (part.strip() for part in line.partition(","))
+            probe.record(**{f"memory {pids.get(pid, 'pid ' + pid)}": used})
+
+    def check_sigterm(self, probe: Probe) -> None:
+        children = self.children()
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"up still running {STOP_TIMEOUT_S:.0f} s after SIGTERM") from None
+        probe.record(exit_code=code, stop_s=time.monotonic() - started)
+        probe.require(code == 0, f"up exits 0 on SIGTERM:\n{self.log_tail()}")
+        probe.require("stopped on SIGTERM" in self.log, "up says it stopped on SIGTERM")
+        left = [name for name, pid in children.items() if alive(pid)]
+        probe.require(not left, f"no child left running (left: {left})")
+
+    def kill_leftovers(self) -> None:
+        for pid in [self.process.pid, *self.children().values()]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def stack_checks(bundle: Path, device: str, log_path: Path) -> Iterator[Check]:
+    stack = LaunchedStack(bundle, device, log_path)
+    try:
+        yield Check("up: ready", stack.check_ready)
+        yield Check("Info devices", stack.check_info_devices)
+        yield Check("chat: image + audio", stack.check_chat)
+        if device.startswith("cuda") and shutil.which("nvidia-smi"):
+            yield Check("GPU memory (nvidia-smi)", stack.check_gpu_memory)
+        yield Check("SIGTERM", stack.check_sigterm)
+    finally:
+        stack.kill_leftovers()
