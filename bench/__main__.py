@@ -1,18 +1,18 @@
 """`python -m bench` (`make bench`): every benchmark in turn, each with its default settings.
 
-Run one alone with `python -m bench.decode` or `python -m bench.quant` (both take --help).
+Run one alone with `python -m bench.decode`, `bench.prefix` or `bench.quant` (each takes --help).
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import decode, quant
+from bench import decode, prefix, quant
 
 
 def main() -> int:
     status = 0
-    for bench in (decode, quant):
+    for bench in (decode, prefix, quant):
         status |= bench.main([])
     return status
 

@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         config = DecoderConfig(
             bundle=bundle.root, quant="none", device=str(device), dtype=args.dtype,
             cpu_prepack=args.cpu_prepack,
+            # passes resend the same prompts: a prefix cache would skip the engine's prefills
+            enable_prefix_caching=False,
         )  # fmt: skip
         engine = load_decoder(config).engine
         model = Glm4ForCausalLM.from_pretrained(bundle.decoder, dtype=DTYPES[args.dtype]).eval()

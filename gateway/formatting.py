@@ -55,7 +55,9 @@ class Formatter:
             completion_tokens=counts.completion_tokens,
             total_tokens=counts.prompt_tokens + counts.completion_tokens,
             prompt_tokens_details=PromptTokensDetails(
-                image_tokens=counts.image_tokens, audio_tokens=counts.audio_tokens
+                cached_tokens=counts.cached_tokens,
+                image_tokens=counts.image_tokens,
+                audio_tokens=counts.audio_tokens,
             ),
             completion_tokens_details=CompletionTokensDetails(
                 reasoning_tokens=counts.reasoning_tokens

@@ -49,6 +49,7 @@ class Counts:
     audio_tokens: int
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the decoder served from its prefix cache
 
 
 @dataclasses.dataclass
@@ -99,6 +100,8 @@ class Job:
         stream = self.clients.generate(request, self.request_id, self.deadline)
         async with contextlib.aclosing(stream):
             async for output in stream:
+                # the prompt is counted once for all n choices: report the best reuse
+                self.counts.cached_tokens = max(self.counts.cached_tokens, output.cached_tokens)
                 delta = parser.feed(output.token_ids)
                 self.counts.completion_tokens += delta.tokens
                 finish = "stop" if parser.stopped else None

@@ -46,6 +46,11 @@ class DecoderConfig(ServiceConfig):
         metadata={"help": "on the CPU, reorder the FP Linear weights once for oneDNN "
                   "(1.2-3.7x faster GEMMs than plain torch)"},
     )  # fmt: skip
+    enable_prefix_caching: bool = dataclasses.field(
+        default=True,
+        metadata={"help": "reuse the KV cache blocks of a prompt prefix seen before "
+                  "(automatic prefix caching)"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()

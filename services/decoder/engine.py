@@ -9,6 +9,10 @@ the same step. The engine is driven from one thread; nothing here is thread-safe
 Cache policy: a request reserves blocks for its prompt plus its whole completion when it is
 admitted, so a running request never runs out of cache and nothing is ever preempted; what does
 not fit now waits in FIFO order, and what could never fit is rejected with TooLarge at ``add``.
+
+Prefix caching (services.decoder.prefix_cache): an admitted request shares the cached blocks of
+its longest known prefix of full prompt blocks and prefills only the rest, at least its last
+token (whose logits pick the first token); its own prompt blocks join the cache once written.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from services.common.errors import InvalidInput, TooLarge
 from services.decoder.kv_cache import ForwardBatch, KVCache, PrefillSpan
 from services.decoder.model import Glm4ForCausalLM
 from services.decoder.sampling import Sampler
-from services.decoder.sequence import Segment, Sequence
+from services.decoder.sequence import Pending, Segment, Sequence
 from services.decoder.types import FinishReason, GenerateOutput, GenerateRequest, TokenLogprob
 
 
@@ -71,7 +75,7 @@ class Engine:
             rows, limits.max_model_len, dtype=torch.long, device=self.device
         )
         self.free_rows = list(range(rows - 1, -1, -1))
-        self.waiting: collections.deque[GenerateRequest] = collections.deque()
+        self.waiting: collections.deque[Pending] = collections.deque()
         self.running: list[Sequence] = []
         self.aborting: list[Sequence] = []
 
@@ -106,7 +110,7 @@ class Engine:
         self.validate(request)
         if request.request_id in self._active_ids():
             raise InvalidInput(f"request id {request.request_id!r} is already running")
-        self.waiting.append(request)
+        self.waiting.append(Pending(request, self.cache.prefix_hashes(request)))
 
     def abort(self, request_id: str) -> None:
         """Drop a request: at once if it is waiting; if it runs, its row and cache are freed at
@@ -143,7 +147,10 @@ class Engine:
             logits = self.model.logits(hidden[index])
             tokens, logprobs = self.sampler.sample(logits, [s.row for s in sampled])
         for seq, n in plan.prefills:
-            seq.cached += n
+            seq.cached += n  # its full prompt blocks written so far, for later prompts to reuse:
+            self.cache.blocks.register(
+                seq.blocks, seq.block_hashes[: seq.cached // self.cache.block_size]
+            )
         for seq in plan.decodes:
             seq.cached += 1
         return [self._append(s, t, lp) for s, t, lp in zip(sampled, tokens, logprobs, strict=True)]
@@ -159,11 +166,11 @@ class Engine:
                 plan.prefills.append((seq, n))
                 budget -= n
         while budget > 0 and self.waiting and self.free_rows:
-            if not self.cache.can_allocate(self._reservation(self.waiting[0])):
+            admitted = self._admit_next()
+            if admitted is None:
                 break  # FIFO: later requests wait behind the first one that does not fit
-            seq = self._admit(self.waiting.popleft())
-            n = min(budget, seq.prompt_len)
-            plan.prefills.append((seq, n))
+            n = min(budget, admitted.prompt_len - admitted.cached)
+            plan.prefills.append((admitted, n))
             budget -= n
         return plan
 
@@ -233,6 +240,7 @@ class Engine:
             finish_reason=finish,
             prompt_tokens=seq.prompt_len,
             completion_tokens=len(seq.output),
+            cached_tokens=seq.reused,
         )
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -241,9 +249,20 @@ class Engine:
         wanted = len(request.input_ids) + request.stopping.max_tokens
         return min(wanted, self.limits.max_model_len)
 
-    def _admit(self, request: GenerateRequest) -> Sequence:
+    def _admit_next(self) -> Sequence | None:
+        """Admit the first waiting request if its blocks fit, sharing its cached prefix."""
+        pending = self.waiting[0]
+        request = pending.request
         reserved = self._reservation(request)
-        blocks = self.cache.allocate(reserved)
+        # never the whole prompt: the last prompt token is computed for its logits
+        reusable = (len(request.input_ids) - 1) // self.cache.block_size
+        matched = self.cache.blocks.match(pending.block_hashes[:reusable])
+        fresh = self.cache.blocks_for(reserved) - len(matched)
+        if not self.cache.blocks.can_allocate(matched, fresh):
+            return None
+        self.waiting.popleft()
+        blocks = self.cache.blocks.allocate(matched, fresh)
+        reused = len(matched) * self.cache.block_size
         row = self.free_rows.pop()
         self.slot_table[row, :reserved] = self.cache.slots(blocks, reserved)
         self.sampler.assign(row, request.sampling)
@@ -262,13 +281,16 @@ class Engine:
                 for s in request.segments
             ],
             max_tokens=reserved - prompt_len,
+            block_hashes=pending.block_hashes,
+            cached=reused,
+            reused=reused,
         )
         self.running.append(seq)
         return seq
 
     def _release(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self.cache.free(seq.blocks)
+        self.cache.blocks.free(seq.blocks)
         self.free_rows.append(seq.row)
 
     def _drop_aborted(self) -> None:

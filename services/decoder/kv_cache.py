@@ -3,7 +3,9 @@
 The cache is one K and one V tensor per layer, ``[num_blocks * block_size, kv_heads, head_dim]``,
 allocated once at start-up. A request owns a list of blocks; its logical token ``i`` lives in
 slot ``blocks[i // block_size] * block_size + i % block_size``. Blocks are handed out whole, so
-requests of any length share the cache without fragmenting it.
+requests of any length share the cache without fragmenting it; ``BlockPool``
+(services.decoder.prefix_cache) hands them out and, with prefix caching, lets requests share
+the blocks of a common prompt prefix.
 
 A forward step packs the new tokens of every scheduled request into one sequence (the Linear
 layers see ``[tokens, hidden]``); ``ForwardBatch`` tells attention which slots those tokens are
@@ -15,6 +17,9 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+
+from services.decoder.prefix_cache import BlockHash, BlockPool, block_hashes
+from services.decoder.types import GenerateRequest
 
 
 class KVCache:
@@ -28,6 +33,7 @@ class KVCache:
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
+        prefix_caching: bool = False,
     ) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("the KV cache needs at least one block of at least one token")
@@ -36,7 +42,7 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+        self.blocks = BlockPool(num_blocks, prefix_caching)
 
     @property
     def total_tokens(self) -> int:
@@ -44,24 +50,15 @@ class KVCache:
 
     @property
     def free_tokens(self) -> int:
-        return len(self._free) * self.block_size
+        """Tokens a new request may take, blocks kept only for the prefix cache included."""
+        return self.blocks.free_blocks * self.block_size
 
     def blocks_for(self, n_tokens: int) -> int:
         return -(-n_tokens // self.block_size)
 
-    def can_allocate(self, n_tokens: int) -> bool:
-        return self.blocks_for(n_tokens) <= len(self._free)
-
-    def allocate(self, n_tokens: int) -> list[int]:
-        """Blocks for n_tokens; the caller checks can_allocate first."""
-        n = self.blocks_for(n_tokens)
-        if n > len(self._free):
-            raise RuntimeError(f"KV cache exhausted: {n} blocks asked, {len(self._free)} free")
-        taken, self._free = self._free[-n:], self._free[:-n]
-        return taken
-
-    def free(self, blocks: list[int]) -> None:
-        self._free.extend(blocks)
+    def prefix_hashes(self, request: GenerateRequest) -> tuple[BlockHash, ...]:
+        """The hashes of the request's full prompt blocks; none when prefix caching is off."""
+        return block_hashes(request, self.block_size) if self.blocks.prefix_caching else ()
 
     def slots(self, blocks: list[int], n_tokens: int) -> torch.Tensor:
         """The flat cache slot of each of a request's first n_tokens logical tokens."""

@@ -46,6 +46,8 @@ class LoadedDecoder:
             running_requests=stats.running,
             waiting_requests=stats.waiting,
             eos_token_ids=tuple(sorted(engine.eos_token_ids)),
+            prefix_caching=engine.cache.blocks.prefix_caching,
+            cached_prefix_tokens=engine.cache.blocks.cached_blocks * engine.cache.block_size,
         )
 
 
@@ -94,6 +96,7 @@ def load_decoder(config: DecoderConfig) -> LoadedDecoder:
         block_size=config.kv_block_size,
         dtype=dtype,
         device=device,
+        prefix_caching=config.enable_prefix_caching,
     )
     limits = EngineLimits(config.max_running_requests, max_model_len, config.prefill_chunk_tokens)
     engine = Engine(model, cache, limits, eos_token_ids(bundle.decoder))

@@ -1,4 +1,5 @@
-"""One request inside the engine: its prompt on the device, its cache blocks, its progress."""
+"""One request inside the engine: waiting with its prompt's block hashes, then running with its
+prompt on the device, its cache blocks and its progress."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import dataclasses
 
 import torch
 
+from services.decoder.prefix_cache import BlockHash
 from services.decoder.types import GenerateRequest
 
 
@@ -18,6 +20,18 @@ class Segment:
     embeddings: torch.Tensor
 
 
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """A request waiting for a row and cache blocks, hashed once for the prefix cache."""
+
+    request: GenerateRequest
+    block_hashes: tuple[BlockHash, ...]  # empty when prefix caching is off
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
 @dataclasses.dataclass(eq=False)  # identity: two requests are never equal
 class Sequence:
     request: GenerateRequest
@@ -27,7 +41,9 @@ class Sequence:
     prompt_positions: torch.Tensor  # [prompt] on the device
     segments: list[Segment]
     max_tokens: int  # max_tokens, clamped so prompt + completion fits max_model_len
+    block_hashes: tuple[BlockHash, ...] = ()  # of its full prompt blocks (prefix caching)
     cached: int = 0  # tokens whose K/V is in the cache
+    reused: int = 0  # prompt tokens whose K/V came from the prefix cache, not computed
     output: list[int] = dataclasses.field(default_factory=list)
 
     @property

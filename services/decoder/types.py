@@ -217,6 +217,7 @@ class GenerateOutput:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache, not computed
 
     @property
     def finished(self) -> bool:
@@ -233,6 +234,7 @@ class GenerateOutput:
             ),
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
         )
 
     @classmethod
@@ -244,6 +246,7 @@ class GenerateOutput:
             finish_reason=FinishReason.from_pb(pb.finish_reason),
             prompt_tokens=pb.prompt_tokens,
             completion_tokens=pb.completion_tokens,
+            cached_tokens=pb.cached_tokens,
         )
 
 
@@ -262,6 +265,8 @@ class DecoderInfo:
     running_requests: int
     waiting_requests: int
     eos_token_ids: tuple[int, ...]
+    prefix_caching: bool
+    cached_prefix_tokens: int  # tokens in cache blocks a later prompt may reuse
 
     def to_pb(self) -> decoder_pb2.DecoderInfo:
         values = dataclasses.asdict(self)

@@ -18,12 +18,13 @@ def make_engine(
     chunk: int = 64,
     block_size: int = 8,
     eos: tuple[int, ...] = EOS,
+    prefix_caching: bool = True,  # the service's default
 ) -> Engine:
     config = model.config
     cache = KVCache(
         num_layers=config.num_hidden_layers, num_kv_heads=config.num_key_value_heads,
         head_dim=config.head_dim, num_blocks=total_tokens // block_size, block_size=block_size,
-        dtype=model.dtype, device=model.device,
+        dtype=model.dtype, device=model.device, prefix_caching=prefix_caching,
     )  # fmt: skip
     limits = EngineLimits(max_running, max_model_len, chunk)
     return Engine(model, cache, limits, eos_token_ids=eos)

@@ -97,4 +97,8 @@ def test_greedy_is_deterministic_across_the_stack(stack: Stack) -> None:
     first = chat(stack, content, temperature=0, max_tokens=12)
     second = chat(stack, content, temperature=0, max_tokens=12)
     assert first["choices"][0]["message"] == second["choices"][0]["message"]
+    # the same counts, except that the repeat finds its prompt's full blocks in the prefix cache
+    cached = second["usage"]["prompt_tokens_details"].pop("cached_tokens")
+    assert first["usage"]["prompt_tokens_details"].pop("cached_tokens") <= cached
+    assert cached > 0
     assert first["usage"] == second["usage"]
