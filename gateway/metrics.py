@@ -44,6 +44,10 @@ class Metrics:
             "autoglm_prompt_tokens", "Prompt tokens, media placeholders included",
             registry=self.registry,
         )  # fmt: skip
+        self.cached_tokens = Counter(
+            "autoglm_cached_prompt_tokens", "Prompt tokens served from the decoder's prefix cache",
+            registry=self.registry,
+        )  # fmt: skip
         self.media_tokens = Counter(
             "autoglm_media_tokens", "Prompt tokens standing for media, by kind",
             ["kind"], registry=self.registry,
@@ -71,6 +75,7 @@ class Metrics:
                     yield event
         finally:
             self.prompt_tokens.inc(counts.prompt_tokens)
+            self.cached_tokens.inc(counts.cached_tokens)
             self.media_tokens.labels(kind="image").inc(counts.image_tokens)
             self.media_tokens.labels(kind="audio").inc(counts.audio_tokens)
             self.generation_tokens.inc(counts.completion_tokens)

@@ -29,16 +29,17 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 
 def test_counters_follow_a_chat_request(stack: Stack, client: openai.OpenAI) -> None:
-    before = scrape(stack)
     image = {"type": "image_url", "image_url": {"url": data_url(image_bytes(seed=7), "image/png")}}
-    completion = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}],
-        max_tokens=5,
-    )
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]
+    client.chat.completions.create(model=MODEL, messages=messages, max_tokens=5)  # type: ignore[arg-type]
+    before = scrape(stack)
+    # the same again: its prompt's full blocks now come from the decoder's prefix cache
+    completion = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=5)  # type: ignore[arg-type]
     after = scrape(stack)
     usage = completion.usage
     assert usage is not None and usage.prompt_tokens_details is not None
+    cached = usage.prompt_tokens_details.cached_tokens
+    assert cached and delta(before, after, "autoglm_cached_prompt_tokens_total") == cached
 
     route = "/v1/chat/completions"
     assert delta(before, after, "autoglm_http_requests_total", route=route, status="200") == 1
