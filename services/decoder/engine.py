@@ -106,11 +106,18 @@ class Engine:
             if not segment.embeddings.is_floating_point():
                 raise InvalidInput("segment embeddings must be floating point")
 
-    def add(self, request: GenerateRequest) -> None:
+    def prepare(self, request: GenerateRequest) -> Pending:
+        """Validate and hash a request for the prefix cache. Reads only fixed settings, so any
+        thread may call it: hashing a large image's embeddings takes milliseconds that the
+        engine thread, decoding for everyone, should not spend."""
         self.validate(request)
-        if request.request_id in self._active_ids():
-            raise InvalidInput(f"request id {request.request_id!r} is already running")
-        self.waiting.append(Pending(request, self.cache.prefix_hashes(request)))
+        return Pending(request, self.cache.prefix_hashes(request))
+
+    def add(self, request: GenerateRequest | Pending) -> None:
+        pending = request if isinstance(request, Pending) else self.prepare(request)
+        if pending.request_id in self._active_ids():
+            raise InvalidInput(f"request id {pending.request_id!r} is already running")
+        self.waiting.append(pending)
 
     def abort(self, request_id: str) -> None:
         """Drop a request: at once if it is waiting; if it runs, its row and cache are freed at

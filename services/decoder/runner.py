@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator
 
 from services.common.errors import InvalidInput, ServiceError
 from services.decoder.engine import Engine
+from services.decoder.sequence import Pending
 from services.decoder.types import GenerateOutput, GenerateRequest
 
 log = logging.getLogger(__name__)
 
-_Message = tuple[str, GenerateRequest | str | None]
+_Message = tuple[str, Pending | str | None]
 
 
 class EngineRunner:
@@ -42,12 +43,13 @@ class EngineRunner:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
         """Stream a request's outputs; leaving early (cancellation, error) aborts it."""
-        self.engine.validate(request)  # reject what can never run before it queues
+        # reject what can never run before it queues; hash it here, not on the engine thread
+        pending = await asyncio.to_thread(self.engine.prepare, request)
         if request.request_id in self._streams:
             raise InvalidInput(f"request id {request.request_id!r} is already running")
         stream: asyncio.Queue[GenerateOutput | Exception] = asyncio.Queue()
         self._streams[request.request_id] = stream
-        self._inbox.put(("add", request))
+        self._inbox.put(("add", pending))
         finished = False
         try:
             while not finished:
@@ -89,7 +91,7 @@ class EngineRunner:
                 assert isinstance(payload, str)
                 self.engine.abort(payload)
             elif kind == "add":
-                assert isinstance(payload, GenerateRequest)
+                assert isinstance(payload, Pending)
                 try:
                     self.engine.add(payload)
                 except ServiceError as exc:

@@ -4,9 +4,12 @@ the engine reusing cached prompt blocks with the same greedy output as without t
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import torch
 
+from services.common.errors import InvalidInput
 from services.decoder.engine import Engine
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
 from services.decoder.prefix_cache import BlockPool, block_hashes
@@ -120,6 +123,18 @@ def run(engine: Engine) -> dict[str, list]:
             outputs.setdefault(out.request_id, []).append(out)
     assert engine.stats().free_cache_tokens == engine.cache.total_tokens  # all back, or evictable
     return outputs
+
+
+def test_requests_are_checked_and_hashed_off_the_engine_thread(tiny_model: ServingGlm4) -> None:
+    engine = make_engine(tiny_model)
+    request = gen("r", ids(20, seed=6))
+    with ThreadPoolExecutor(1) as pool:  # what the runner does, so decoding never waits on it
+        pending = pool.submit(engine.prepare, request).result()
+    assert not engine.waiting and pending.block_hashes == block_hashes(request, BLOCK)
+    engine.add(pending)
+    assert list(engine.waiting) == [pending]
+    with pytest.raises(InvalidInput, match="input_ids"):
+        engine.prepare(gen("bad", (10**6,)))
 
 
 def test_a_shared_prefix_is_reused_with_the_same_greedy_output(tiny_model: ServingGlm4) -> None:
