@@ -1,14 +1,21 @@
 """The decoder engine: continuous batching over a paged KV cache. Pure logic, no I/O, no gRPC.
 
-Every ``step()`` drops aborted requests, admits waiting ones while rows and cache allow,
-gives prompt chunks a token budget (``prefill_chunk_tokens``, so a long prompt never stalls the
-running requests for more than one chunk), decodes one token for every request past its prompt,
-all in one packed forward, then samples, checks stop conditions and frees finished requests in
-the same step. The engine is driven from one thread; nothing here is thread-safe.
+Every ``step()`` drops aborted requests, gives each decoding request room for its next token,
+admits preempted and then waiting requests while rows and cache allow, gives context chunks a
+token budget (``prefill_chunk_tokens``, so a long prompt never stalls the running requests for
+more than one chunk), decodes one token for every request past its context, all in one packed
+forward (packing.py), then samples, checks stop conditions and frees finished requests in the
+same step. The engine is driven from one thread; nothing here is thread-safe.
 
-Cache policy: a request reserves blocks for its prompt plus its whole completion when it is
-admitted, so a running request never runs out of cache and nothing is ever preempted; what does
-not fit now waits in FIFO order, and what could never fit is rejected with TooLarge at ``add``.
+Cache policy (vLLM's): blocks are taken as they are needed, not reserved for a whole completion
+up front, so requests that stop early never held cache they did not use. A request is admitted
+once its prompt fits with one spare block per running request (so that admitting it does not
+force a preemption at the very next step), and a decode takes a new block when its last one is
+full. When none is free, the newest running request is preempted: its blocks go back (its
+prompt blocks stay in the prefix cache), it keeps its row, output and sampler state, and it is
+re-admitted before any waiting request, recomputing its context as a prefill. A request is
+never preempted for a newer one, so the oldest always runs to its end, and ``add`` rejects at
+once (TooLarge) a request that could not finish even alone in the whole cache.
 
 Prefix caching (services.decoder.prefix_cache): an admitted request shares the cached blocks of
 its longest known prefix of full prompt blocks and prefills only the rest, at least its last
@@ -23,8 +30,9 @@ import dataclasses
 import torch
 
 from services.common.errors import InvalidInput, TooLarge
-from services.decoder.kv_cache import ForwardBatch, KVCache, PrefillSpan
+from services.decoder.kv_cache import KVCache
 from services.decoder.model import Glm4ForCausalLM
+from services.decoder.packing import Plan, pack, splice
 from services.decoder.sampling import Sampler
 from services.decoder.sequence import Pending, Segment, Sequence
 from services.decoder.types import FinishReason, GenerateOutput, GenerateRequest, TokenLogprob
@@ -43,14 +51,6 @@ class EngineStats:
     waiting: int
     free_cache_tokens: int
     total_cache_tokens: int
-
-
-@dataclasses.dataclass
-class _Plan:
-    """What one step computes: prompt chunks (sequence, tokens), then decodes."""
-
-    prefills: list[tuple[Sequence, int]]
-    decodes: list[Sequence]
 
 
 class Engine:
@@ -76,7 +76,8 @@ class Engine:
         )
         self.free_rows = list(range(rows - 1, -1, -1))
         self.waiting: collections.deque[Pending] = collections.deque()
-        self.running: list[Sequence] = []
+        self.running: list[Sequence] = []  # in admission order: the newest is preempted first
+        self.preempted: collections.deque[Sequence] = collections.deque()
         self.aborting: list[Sequence] = []
 
     # -- the caller's side ------------------------------------------------------------------
@@ -115,7 +116,7 @@ class Engine:
 
     def add(self, request: GenerateRequest | Pending) -> None:
         pending = request if isinstance(request, Pending) else self.prepare(request)
-        if pending.request_id in self._active_ids():
+        if pending.request_id in self.active_ids():
             raise InvalidInput(f"request id {pending.request_id!r} is already running")
         self.waiting.append(pending)
 
@@ -123,14 +124,19 @@ class Engine:
         """Drop a request: at once if it is waiting; if it runs, its row and cache are freed at
         the start of the next step (so the id may be reused right away)."""
         self.waiting = collections.deque(r for r in self.waiting if r.request_id != request_id)
-        self.aborting += [s for s in self.running if s.request_id == request_id]
+        self.aborting += [s for s in self._admitted() if s.request_id == request_id]
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.preempted)
+
+    def active_ids(self) -> set[str]:
+        """Every request waiting, running or preempted, and not being aborted."""
+        running = {s.request_id for s in self._admitted() if s not in self.aborting}
+        return running | {r.request_id for r in self.waiting}
 
     def stats(self) -> EngineStats:
         return EngineStats(
-            running=len(self.running),
+            running=len(self.running) + len(self.preempted),  # both hold a row
             waiting=len(self.waiting),
             free_cache_tokens=self.cache.free_tokens,
             total_cache_tokens=self.cache.total_tokens,
@@ -142,16 +148,16 @@ class Engine:
     def step(self) -> list[GenerateOutput]:
         self._drop_aborted()
         plan = self._schedule()
-        if not plan.prefills and not plan.decodes:
+        if not plan:
             return []
-        ids, positions, batch = self._pack(plan)
-        embeds = self._embed(plan, ids)
+        ids, positions, batch = pack(plan, self.slot_table)
+        embeds = splice(plan, self.model.embed(ids))
         hidden = self.model(None, positions, batch, self.cache, inputs_embeds=embeds)
-        sampled, index = self._to_sample(plan)
+        sampled, index = plan.to_sample()
         tokens: list[int] = []
         logprobs: list[TokenLogprob | None] = []
         if sampled:
-            logits = self.model.logits(hidden[index])
+            logits = self.model.logits(hidden[self._device_longs(index)])
             tokens, logprobs = self.sampler.sample(logits, [s.row for s in sampled])
         for seq, n in plan.prefills:
             seq.cached += n  # its full prompt blocks written so far, for later prompts to reuse:
@@ -162,71 +168,28 @@ class Engine:
             seq.cached += 1
         return [self._append(s, t, lp) for s, t, lp in zip(sampled, tokens, logprobs, strict=True)]
 
-    def _schedule(self) -> _Plan:
+    def _schedule(self) -> Plan:
         budget = self.limits.prefill_chunk_tokens
-        plan = _Plan(prefills=[], decodes=[])
-        for seq in self.running:
+        plan = Plan()
+        for seq in list(self.running):  # oldest first
+            if seq not in self.running:
+                continue  # preempted just now, to make room for an older one
             if seq.prefilled:
-                plan.decodes.append(seq)
+                if self._make_room(seq):
+                    plan.decodes.append(seq)
             elif budget > 0:
-                n = min(budget, seq.prompt_len - seq.cached)
+                n = min(budget, seq.context_len - seq.cached)
                 plan.prefills.append((seq, n))
                 budget -= n
-        while budget > 0 and self.waiting and self.free_rows:
+        while budget > 0 and (self.preempted or (self.waiting and self.free_rows)):
             admitted = self._admit_next()
             if admitted is None:
                 break  # FIFO: later requests wait behind the first one that does not fit
-            n = min(budget, admitted.prompt_len - admitted.cached)
-            plan.prefills.append((admitted, n))
-            budget -= n
+            n = min(budget, admitted.context_len - admitted.cached)
+            if n > 0:  # 0: a preempted request whose whole context was still cached decodes next
+                plan.prefills.append((admitted, n))
+                budget -= n
         return plan
-
-    def _pack(self, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor, ForwardBatch]:
-        """Token ids, positions and attention map of the packed step: chunks, then decodes."""
-        ids, positions, writes, spans = [], [], [], []
-        start = 0
-        for seq, n in plan.prefills:
-            done = seq.cached
-            ids.append(seq.prompt_ids[done : done + n])
-            positions.append(seq.prompt_positions[done : done + n])
-            kv_slots = self.slot_table[seq.row, : done + n]
-            writes.append(kv_slots[done:])
-            spans.append(PrefillSpan(start=start, end=start + n, context=done, kv_slots=kv_slots))
-            start += n
-        decode_kv_slots = decode_mask = None
-        if plan.decodes:
-            rows = self._device_longs([s.row for s in plan.decodes])
-            lengths = self._device_longs([s.cached + 1 for s in plan.decodes])
-            longest = max(s.cached + 1 for s in plan.decodes)
-            decode_kv_slots = self.slot_table[rows, :longest]
-            attend = torch.arange(longest, device=self.device) < lengths[:, None]
-            decode_mask = attend[:, None, None, :]
-            ids.append(self._device_longs([s.output[-1] for s in plan.decodes]))
-            positions.append(self._device_longs([s.next_position for s in plan.decodes]))
-            writes.append(decode_kv_slots.gather(1, (lengths - 1)[:, None])[:, 0])
-        batch = ForwardBatch(torch.cat(writes), tuple(spans), start, decode_kv_slots, decode_mask)
-        return torch.cat(ids), torch.cat(positions), batch
-
-    def _embed(self, plan: _Plan, ids: torch.Tensor) -> torch.Tensor:
-        embeds = self.model.embed(ids)
-        start = 0
-        for seq, n in plan.prefills:
-            seq.splice(embeds, start, n)
-            start += n
-        return embeds
-
-    def _to_sample(self, plan: _Plan) -> tuple[list[Sequence], torch.Tensor]:
-        """Requests that get a token this step (those whose prompt completes, and the decodes)
-        and the packed index of the hidden state each one samples from."""
-        sampled, index, end = [], [], 0
-        for seq, n in plan.prefills:
-            end += n
-            if seq.cached + n == seq.prompt_len:
-                sampled.append(seq)
-                index.append(end - 1)
-        sampled += plan.decodes
-        index += range(end, end + len(plan.decodes))
-        return sampled, self._device_longs(index)
 
     def _append(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> GenerateOutput:
         seq.output.append(token)
@@ -257,28 +220,40 @@ class Engine:
         return min(wanted, self.limits.max_model_len)
 
     def _admit_next(self) -> Sequence | None:
-        """Admit the first waiting request if its blocks fit, sharing its cached prefix."""
-        pending = self.waiting[0]
-        request = pending.request
-        reserved = self._reservation(request)
-        # never the whole prompt: the last prompt token is computed for its logits
-        reusable = (len(request.input_ids) - 1) // self.cache.block_size
-        matched = self.cache.blocks.match(pending.block_hashes[:reusable])
-        fresh = self.cache.blocks_for(reserved) - len(matched)
-        if not self.cache.blocks.can_allocate(matched, fresh):
+        """Re-admit the first preempted request, else admit the first waiting one, if its
+        context fits beside a spare block per running request, sharing its cached prefix."""
+        resumed = self.preempted[0] if self.preempted else None
+        if resumed is not None:
+            hashes, context = resumed.block_hashes, resumed.context_len
+        else:
+            hashes, context = self.waiting[0].block_hashes, len(self.waiting[0].request.input_ids)
+        # a fresh prompt keeps its last token to compute: its logits pick the first token
+        computes = resumed is None or not resumed.output
+        matched = self.cache.blocks.match(hashes[: (context - computes) // self.cache.block_size])
+        fresh = self.cache.blocks_for(context) - len(matched)
+        if not self.cache.blocks.can_allocate(matched, fresh + len(self.running)):
             return None
-        self.waiting.popleft()
         blocks = self.cache.blocks.allocate(matched, fresh)
-        reused = len(matched) * self.cache.block_size
+        cached = len(matched) * self.cache.block_size
+        if resumed is not None:
+            seq = self.preempted.popleft()
+        else:  # reused: what the request reports as cached_tokens, from its first admission
+            seq = self._new_sequence(self.waiting.popleft(), reused=cached)
+        seq.cached = cached
+        self._map(seq, blocks)
+        self.running.append(seq)
+        return seq
+
+    def _new_sequence(self, pending: Pending, reused: int) -> Sequence:
+        request = pending.request
         row = self.free_rows.pop()
-        self.slot_table[row, :reserved] = self.cache.slots(blocks, reserved)
         self.sampler.assign(row, request.sampling)
         prompt_len = len(request.input_ids)
         positions = request.position_ids or range(prompt_len)
-        seq = Sequence(
+        return Sequence(
             request=request,
             row=row,
-            blocks=blocks,
+            blocks=[],
             prompt_ids=self._device_longs(request.input_ids),
             prompt_positions=self._device_longs(positions),
             segments=[
@@ -287,28 +262,50 @@ class Engine:
                 )
                 for s in request.segments
             ],
-            max_tokens=reserved - prompt_len,
+            max_tokens=self._reservation(request) - prompt_len,
             block_hashes=pending.block_hashes,
-            cached=reused,
             reused=reused,
         )
-        self.running.append(seq)
-        return seq
+
+    def _make_room(self, seq: Sequence) -> bool:
+        """A block for the token this decode writes, if its last block is full, preempting the
+        newest requests while none is free; False if that preempted ``seq`` itself."""
+        if seq.cached < len(seq.blocks) * self.cache.block_size:
+            return True
+        while not self.cache.blocks.can_allocate([], 1):
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        self._map(seq, self.cache.blocks.allocate([], 1))
+        return True
+
+    def _map(self, seq: Sequence, blocks: list[int]) -> None:
+        """Append blocks to a request and point its slot-table row at their slots."""
+        first = len(seq.blocks) * self.cache.block_size
+        seq.blocks += blocks
+        end = min(len(seq.blocks) * self.cache.block_size, self.limits.max_model_len)
+        self.slot_table[seq.row, first:end] = self.cache.slots(blocks, end - first)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.cache.blocks.free(seq.blocks)
+        seq.blocks, seq.cached = [], 0
+        self.preempted.append(seq)
 
     def _release(self, seq: Sequence) -> None:
-        self.running.remove(seq)
+        (self.running if seq in self.running else self.preempted).remove(seq)
         self.cache.blocks.free(seq.blocks)
         self.free_rows.append(seq.row)
 
     def _drop_aborted(self) -> None:
         for seq in self.aborting:
-            if seq in self.running:
+            if seq in self._admitted():
                 self._release(seq)
         self.aborting.clear()
 
-    def _active_ids(self) -> set[str]:
-        running = {s.request_id for s in self.running if s not in self.aborting}
-        return running | {r.request_id for r in self.waiting}
+    def _admitted(self) -> list[Sequence]:
+        return [*self.running, *self.preempted]
 
     def _device_longs(self, values: object) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

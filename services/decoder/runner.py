@@ -98,10 +98,7 @@ class EngineRunner:
                     self._loop.call_soon_threadsafe(self._deliver_error, payload.request_id, exc)
 
     def _fail_all(self, exc: Exception) -> None:
-        ids = [s.request_id for s in self.engine.running] + [
-            r.request_id for r in self.engine.waiting
-        ]
-        for request_id in ids:
+        for request_id in self.engine.active_ids():
             self.engine.abort(request_id)
             self._loop.call_soon_threadsafe(self._deliver_error, request_id, exc)
 

@@ -42,7 +42,7 @@ class Sequence:
     segments: list[Segment]
     max_tokens: int  # max_tokens, clamped so prompt + completion fits max_model_len
     block_hashes: tuple[BlockHash, ...] = ()  # of its full prompt blocks (prefix caching)
-    cached: int = 0  # tokens whose K/V is in the cache
+    cached: int = 0  # tokens whose K/V is in the cache (0 again after a preemption)
     reused: int = 0  # prompt tokens whose K/V came from the prefix cache, not computed
     output: list[int] = dataclasses.field(default_factory=list)
 
@@ -55,17 +55,37 @@ class Sequence:
         return len(self.request.input_ids)
 
     @property
+    def context_len(self) -> int:
+        """Tokens whose K/V must be cached before it can decode: its prompt, and after a
+        preemption also every generated token but the last (which the next decode feeds)."""
+        return self.prompt_len + max(len(self.output) - 1, 0)
+
+    @property
     def prefilled(self) -> bool:
-        return self.cached >= self.prompt_len
+        return self.cached >= self.context_len
 
     @property
     def next_position(self) -> int:
-        """Position id of the token decoded next (the last one sampled): generated tokens
-        continue one by one after the prompt's last position, explicit or not."""
-        last_prompt = (
-            self.request.position_ids[-1] if self.request.position_ids else self.prompt_len - 1
-        )
-        return last_prompt + self.cached - self.prompt_len + 1
+        """Position id of the token fed next: generated tokens continue one by one after the
+        prompt's last position, explicit or not."""
+        return self._position_after_prompt(self.cached - self.prompt_len)
+
+    def chunk(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids and positions of context tokens [cached, cached + n): prompt tokens, then
+        (recomputing after a preemption) generated ones."""
+        lo, hi = self.cached, self.cached + n
+        ids, positions = [self.prompt_ids[lo:hi]], [self.prompt_positions[lo:hi]]
+        if hi > self.prompt_len:
+            a, b = max(lo, self.prompt_len) - self.prompt_len, hi - self.prompt_len
+            ids.append(torch.tensor(self.output[a:b], dtype=torch.long, device=device))
+            after = range(self._position_after_prompt(a), self._position_after_prompt(b))
+            positions.append(torch.tensor(after, dtype=torch.long, device=device))
+        return torch.cat(ids), torch.cat(positions)
+
+    def _position_after_prompt(self, i: int) -> int:
+        """Position id of generated token i."""
+        last = self.request.position_ids[-1] if self.request.position_ids else self.prompt_len - 1
+        return last + 1 + i
 
     def splice(self, embeds: torch.Tensor, start: int, n: int) -> None:
         """In the packed embeddings, where prompt tokens [cached, cached + n) sit at

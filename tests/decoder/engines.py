@@ -1,10 +1,13 @@
-"""Building engines over a model for the scheduler tests."""
+"""Building engines over a model, and driving them, for the scheduler tests."""
 
 from __future__ import annotations
+
+import torch
 
 from services.decoder.engine import Engine, EngineLimits
 from services.decoder.kv_cache import KVCache
 from services.decoder.model import Glm4ForCausalLM
+from services.decoder.types import GenerateOutput, GenerateRequest, SamplingParams, StoppingParams
 
 EOS = (1, 2)
 
@@ -28,3 +31,35 @@ def make_engine(
     )  # fmt: skip
     limits = EngineLimits(max_running, max_model_len, chunk)
     return Engine(model, cache, limits, eos_token_ids=eos)
+
+
+def request(
+    rid: str,
+    prompt_len: int,
+    max_tokens: int = 8,
+    seed: int = 0,
+    sampling: SamplingParams | None = None,
+    **stopping,
+) -> GenerateRequest:
+    """Random prompt ids fixed by ``seed``; EOS ignored unless the stopping fields say so."""
+    ids = torch.randint(3, 128, (prompt_len,), generator=torch.Generator().manual_seed(seed))
+    return GenerateRequest(
+        rid,
+        tuple(ids.tolist()),
+        sampling=sampling or SamplingParams(),
+        stopping=StoppingParams(max_tokens, ignore_eos=True, **stopping),
+    )
+
+
+def run_all(engine: Engine) -> dict[str, list[GenerateOutput]]:
+    outputs: dict[str, list[GenerateOutput]] = {}
+    for _ in range(10_000):
+        if not engine.has_work():
+            return outputs
+        for out in engine.step():
+            outputs.setdefault(out.request_id, []).append(out)
+    raise AssertionError("the engine never finished")
+
+
+def tokens(outputs: list[GenerateOutput]) -> list[int]:
+    return [t for out in outputs for t in out.token_ids]

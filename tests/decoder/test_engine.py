@@ -7,39 +7,14 @@ import torch
 from transformers import Glm4ForCausalLM
 
 from services.common.errors import InvalidInput, TooLarge
-from services.decoder.engine import Engine
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
 from services.decoder.types import (
     FinishReason,
-    GenerateOutput,
     GenerateRequest,
     MultimodalSegment,
     StoppingParams,
 )
-from tests.decoder.engines import make_engine
-
-
-def request(
-    rid: str, prompt_len: int, max_tokens: int = 8, seed: int = 0, **stopping
-) -> GenerateRequest:
-    ids = torch.randint(3, 128, (prompt_len,), generator=torch.Generator().manual_seed(seed))
-    return GenerateRequest(
-        rid, tuple(ids.tolist()), stopping=StoppingParams(max_tokens, ignore_eos=True, **stopping)
-    )
-
-
-def run_all(engine: Engine) -> dict[str, list[GenerateOutput]]:
-    outputs: dict[str, list[GenerateOutput]] = {}
-    for _ in range(10_000):
-        if not engine.has_work():
-            return outputs
-        for out in engine.step():
-            outputs.setdefault(out.request_id, []).append(out)
-    raise AssertionError("the engine never finished")
-
-
-def tokens(outputs: list[GenerateOutput]) -> list[int]:
-    return [t for out in outputs for t in out.token_ids]
+from tests.decoder.engines import make_engine, request, run_all, tokens
 
 
 def test_requests_join_and_leave_the_batch_at_every_step(tiny_model: ServingGlm4) -> None:
@@ -52,7 +27,8 @@ def test_requests_join_and_leave_the_batch_at_every_step(tiny_model: ServingGlm4
     assert {o.request_id: o.finish_reason for o in last} == {"a": FinishReason.LENGTH, "b": None}
     # a left in the step that finished it: its cache is back before the next step runs
     assert engine.stats().running == 1
-    b_cache = engine.cache.blocks_for(6 + 3) * engine.cache.block_size
+    # blocks are taken as tokens arrive: b holds its 6 prompt tokens and its first decoded one
+    b_cache = engine.cache.blocks_for(6 + 1) * engine.cache.block_size
     assert engine.stats().free_cache_tokens == engine.cache.total_tokens - b_cache
     assert [o.finish_reason for o in engine.step()] == [FinishReason.LENGTH]
     assert not engine.has_work()
@@ -78,8 +54,9 @@ def test_what_does_not_fit_now_waits_and_what_never_fits_is_rejected(
     tiny_model: ServingGlm4,
 ) -> None:
     engine = make_engine(tiny_model, total_tokens=64, max_model_len=64, block_size=8)
-    engine.add(request("first", 30, max_tokens=10))
-    engine.add(request("second", 20, max_tokens=10, seed=1))  # 40 + 30 > 64 cache tokens
+    engine.add(request("first", 40, max_tokens=10))  # 5 of the 8 blocks
+    # 4 blocks, plus a spare one for the running request: not now
+    engine.add(request("second", 30, max_tokens=10, seed=1))
     engine.step()
     assert (engine.stats().running, engine.stats().waiting) == (1, 1)
     outputs = run_all(engine)
