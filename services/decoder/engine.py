@@ -51,6 +51,7 @@ class EngineStats:
     waiting: int
     free_cache_tokens: int
     total_cache_tokens: int
+    preemptions: int = 0  # since start
 
 
 class Engine:
@@ -78,6 +79,7 @@ class Engine:
         self.waiting: collections.deque[Pending] = collections.deque()
         self.running: list[Sequence] = []  # in admission order: the newest is preempted first
         self.preempted: collections.deque[Sequence] = collections.deque()
+        self.preemptions = 0
         self.aborting: list[Sequence] = []
 
     # -- the caller's side ------------------------------------------------------------------
@@ -140,6 +142,7 @@ class Engine:
             waiting=len(self.waiting),
             free_cache_tokens=self.cache.free_tokens,
             total_cache_tokens=self.cache.total_tokens,
+            preemptions=self.preemptions,
         )
 
     # -- one step ---------------------------------------------------------------------------
@@ -288,6 +291,7 @@ class Engine:
         self.slot_table[seq.row, first:end] = self.cache.slots(blocks, end - first)
 
     def _preempt(self, seq: Sequence) -> None:
+        self.preemptions += 1
         self.running.remove(seq)
         self.cache.blocks.free(seq.blocks)
         seq.blocks, seq.cached = [], 0

@@ -48,6 +48,7 @@ class LoadedDecoder:
             eos_token_ids=tuple(sorted(engine.eos_token_ids)),
             prefix_caching=engine.cache.blocks.prefix_caching,
             cached_prefix_tokens=engine.cache.blocks.cached_blocks * engine.cache.block_size,
+            preemptions=stats.preemptions,
         )
 
 

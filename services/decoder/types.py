@@ -267,6 +267,7 @@ class DecoderInfo:
     eos_token_ids: tuple[int, ...]
     prefix_caching: bool
     cached_prefix_tokens: int  # tokens in cache blocks a later prompt may reuse
+    preemptions: int  # requests preempted (and recomputed) for lack of cache, since start
 
     def to_pb(self) -> decoder_pb2.DecoderInfo:
         values = dataclasses.asdict(self)

@@ -46,6 +46,7 @@ def test_requests_start_together_and_the_newest_is_preempted_then_resumed(
     assert 0 < preempted_at < 30
     assert {rid: tokens(outs) for rid, outs in outputs.items()} == alone
     assert outputs["new"][-1].completion_tokens == 30
+    assert engine.stats().preemptions >= 1
     assert engine.stats().free_cache_tokens == engine.cache.total_tokens
 
 

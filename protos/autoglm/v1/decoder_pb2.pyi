@@ -110,7 +110,7 @@ class DecoderInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DecoderInfo(_message.Message):
-    __slots__ = ("model", "device", "dtype", "quantization", "vocab_size", "hidden_size", "max_model_len", "max_running_requests", "total_cache_tokens", "free_cache_tokens", "running_requests", "waiting_requests", "eos_token_ids", "prefix_caching", "cached_prefix_tokens")
+    __slots__ = ("model", "device", "dtype", "quantization", "vocab_size", "hidden_size", "max_model_len", "max_running_requests", "total_cache_tokens", "free_cache_tokens", "running_requests", "waiting_requests", "eos_token_ids", "prefix_caching", "cached_prefix_tokens", "preemptions")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class DecoderInfo(_message.Message):
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHING_FIELD_NUMBER: _ClassVar[int]
     CACHED_PREFIX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     model: str
     device: str
     dtype: str
@@ -141,4 +142,5 @@ class DecoderInfo(_message.Message):
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     prefix_caching: bool
     cached_prefix_tokens: int
-    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., vocab_size: _Optional[int] = ..., hidden_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., max_running_requests: _Optional[int] = ..., total_cache_tokens: _Optional[int] = ..., free_cache_tokens: _Optional[int] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., prefix_caching: _Optional[bool] = ..., cached_prefix_tokens: _Optional[int] = ...) -> None: ...
+    preemptions: int
+    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., vocab_size: _Optional[int] = ..., hidden_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., max_running_requests: _Optional[int] = ..., total_cache_tokens: _Optional[int] = ..., free_cache_tokens: _Optional[int] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., prefix_caching: _Optional[bool] = ..., cached_prefix_tokens: _Optional[int] = ..., preemptions: _Optional[int] = ...) -> None: ...
