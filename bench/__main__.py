@@ -1,18 +1,19 @@
 """`python -m bench` (`make bench`): every benchmark in turn, each with its default settings.
 
-Run one alone with `python -m bench.decode`, `bench.prefix` or `bench.quant` (each takes --help).
+Run one alone with `python -m bench.decode`, `bench.prefix`, `bench.serve` or
+`bench.quant` (each takes --help).
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import decode, prefix, quant
+from bench import decode, prefix, quant, serve
 
 
 def main() -> int:
     status = 0
-    for bench in (decode, prefix, quant):
+    for bench in (decode, prefix, serve, quant):
         status |= bench.main([])
     return status
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,31 +12,14 @@ import bitsandbytes
 import torch
 from rich.console import Console
 
+from bench.bundles import prepared_bundle
 from bench.device_check.kernels import kernel_checks
 from bench.device_check.runner import Group, execute
 from bench.device_check.serving import serving_checks
 from bench.device_check.stack import stack_checks
-from bundle.build import build_bundle
-from services.cli import main as autoglm
 from services.common.device import resolve_device
 
 DEFAULT_OUTPUT = Path("bench/results/device_check.json")
-
-
-@contextmanager
-def prepared_bundle(given: Path | None, console: Console) -> Iterator[Path]:
-    """The given bundle, or the default one built and GPTQ-quantized in a temporary folder
-    (as `make up` does), removed afterwards."""
-    if given is not None:
-        yield given
-        return
-    with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
-        root = Path(tmp) / "default"
-        console.print(f"building the default bundle in {root}")
-        build_bundle(root, "default")
-        if autoglm(["quantize", str(root), "--bits", "4", "--group-size", "128"]) != 0:
-            raise RuntimeError(f"autoglm quantize {root} failed")
-        yield root
 
 
 def header(device: torch.device, bundle: Path, repeats: int) -> dict[str, Any]:
