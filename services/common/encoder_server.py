@@ -3,7 +3,8 @@
 Both services answer the same two RPCs (``Encode``, ``Info``; autoglm.v1.VisionEncoder and
 AudioEncoder differ only in name), so one servicer serves either. Model work is blocking, so it
 runs on a single worker thread: the event loop stays free for health checks and new calls, and
-the tower sees one batch at a time (torch already spreads one forward over the CPU cores).
+the tower sees one batch at a time (torch already spreads one forward over the CPU cores);
+concurrent calls share those batches (encode_batcher.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import grpc
 import torch
 
 from autoglm.v1 import encoder_pb2
-from services.common.config import ServiceConfig
+from services.common.encode_batcher import EncodeBatcher
+from services.common.encoder_config import EncoderConfig
 from services.common.encoder_types import (
     EncoderInfo,
     MediaItem,
@@ -40,6 +42,10 @@ class MediaEncoder(Generic[T]):
     info: EncoderInfo
 
     def __call__(self, items: list[MediaItem]) -> list[torch.Tensor]:
+        return self.encode(self.decode_all(items))
+
+    def decode_all(self, items: list[MediaItem]) -> list[T]:
+        """Check the request's limits and decode every item, naming the one that fails."""
         if not items:
             raise InvalidInput("the request has no items")
         if len(items) > self.info.max_items:
@@ -52,50 +58,48 @@ class MediaEncoder(Generic[T]):
                 inputs.append(self.decode(item.data))
             except InvalidInput as exc:  # TooLarge included: the same kind, with the item named
                 raise type(exc)(f"item {index}: {exc}") from None
-        return self.encode(inputs)
+        return inputs
 
 
 class EncoderServicer:
-    """Encode and Info of either encoder: protobuf in, a MediaEncoder call, protobuf out."""
+    """Encode and Info of either encoder: protobuf in, a batched MediaEncoder call, protobuf
+    out."""
 
-    def __init__(self, encoder: Slot[MediaEncoder[Any]], worker: concurrent.futures.Executor):
-        self.encoder = encoder
-        self.worker = worker
+    def __init__(self, batcher: Slot[EncodeBatcher]):
+        self.batcher = batcher
 
     async def Encode(
         self, request: encoder_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> encoder_pb2.EncodeResponse:
-        encoder = self.encoder.get()
-        items = encode_request_from_pb(request)
-        loop = asyncio.get_running_loop()
-        # A call cancelled while queued never runs: the executor future is cancelled with it.
-        embeddings = await loop.run_in_executor(self.worker, encoder, items)
+        batcher = self.batcher.get()
+        embeddings = await batcher(encode_request_from_pb(request))
         return embeddings_to_pb(embeddings)
 
     async def Info(
         self, request: encoder_pb2.EncoderInfoRequest, context: grpc.aio.ServicerContext
     ) -> encoder_pb2.EncoderInfo:
-        return self.encoder.get().info.to_pb()
+        return self.batcher.get().encoder.info.to_pb()
 
 
 def run_encoder(
-    config: ServiceConfig,
+    config: EncoderConfig,
     *,
     service_name: str,
     add_servicer: Callable[[EncoderServicer, grpc.aio.Server], None],
     load: Callable[[], MediaEncoder[Any]],
 ) -> int:
-    """Serve one encoder until SIGTERM; ``load`` builds its MediaEncoder after listening."""
+    """Serve one encoder until SIGTERM; ``load`` builds its MediaEncoder after listening.
+    Concurrent calls are batched together, ``batch_size`` inputs per tower call."""
     configure_logging(config.log_level)
-    encoder: Slot[MediaEncoder[Any]] = Slot()
+    batcher: Slot[EncodeBatcher] = Slot()
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="encode") as worker:
-        servicer = EncoderServicer(encoder, worker)
+        servicer = EncoderServicer(batcher)
         asyncio.run(
             serve(
                 config,
                 service_name=service_name,
                 add_servicer=lambda server: add_servicer(servicer, server),
-                load=lambda: encoder.set(load()),
+                load=lambda: batcher.set(EncodeBatcher(load(), worker, config.batch_size)),
             )
         )
     return 0

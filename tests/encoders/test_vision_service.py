@@ -3,6 +3,7 @@ with a real gRPC client."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -78,6 +79,16 @@ async def test_a_batch_gives_what_each_image_gives_alone(
     alone = [(await encode(stub, [image]))[0] for image in images]
     for batched, single in zip(together, alone, strict=True):
         torch.testing.assert_close(batched, single, atol=2e-2, rtol=1e-2)
+
+
+async def test_concurrent_calls_give_what_each_gives_alone(
+    stub: vision_pb2_grpc.VisionEncoderStub,
+) -> None:
+    images = [image_bytes("PNG", size=(64, 48 + 8 * i), seed=40 + i) for i in range(6)]
+    together = await asyncio.gather(*(encode(stub, [image]) for image in images))  # batched
+    alone = [await encode(stub, [image]) for image in images]
+    for shared, single in zip(together, alone, strict=True):
+        torch.testing.assert_close(shared[0], single[0], atol=2e-2, rtol=1e-2)
 
 
 async def test_info_describes_the_int8_tower(stub: vision_pb2_grpc.VisionEncoderStub) -> None:

@@ -1,0 +1,92 @@
+"""Dynamic batching across Encode calls: concurrent requests share the tower's forward passes.
+
+Each call's items are checked and decoded by themselves (on a thread of the loop's default
+pool: file decoding is not torch work), so a bad file fails only its own call. The decoded
+inputs then queue, and the tower encodes the inputs of every call waiting at that moment in one
+``encode`` (up to ``max_batch_items``, however many a single call brings) on the one model
+worker thread, and each call gets its own slice back. Nothing waits for a batch to fill: a lone
+call runs at once, and the calls that arrive while the tower is busy form the next batch.
+A call cancelled while it waits is dropped before its batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from services.common.encoder_types import MediaItem
+
+if TYPE_CHECKING:  # encoder_server builds the batcher around its MediaEncoder
+    from services.common.encoder_server import MediaEncoder
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    inputs: list[Any]
+    result: asyncio.Future[list[torch.Tensor]]
+
+
+class EncodeBatcher:
+    def __init__(
+        self,
+        encoder: MediaEncoder[Any],
+        worker: concurrent.futures.Executor,
+        max_batch_items: int,
+    ) -> None:
+        if max_batch_items < 1:
+            raise ValueError("max_batch_items must be at least 1")
+        self.encoder = encoder
+        self.worker = worker
+        self.max_batch_items = max_batch_items
+        self._queue: collections.deque[_Call] = collections.deque()
+        self._drainer: asyncio.Task[None] | None = None
+        self.batches = 0  # tower calls made, for tests and logs
+
+    async def __call__(self, items: list[MediaItem]) -> list[torch.Tensor]:
+        loop = asyncio.get_running_loop()
+        inputs = await loop.run_in_executor(None, self.encoder.decode_all, items)
+        call = _Call(inputs, loop.create_future())
+        self._queue.append(call)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return await call.result  # cancelling the caller cancels the future: the call is dropped
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while batch := self._next_batch():
+            inputs = [x for call in batch for x in call.inputs]
+            try:
+                outputs = await loop.run_in_executor(self.worker, self.encoder.encode, inputs)
+            except Exception as exc:  # the tower failed: every call of the batch hears why
+                for call in batch:
+                    if not call.result.done():
+                        call.result.set_exception(exc)
+                continue
+            finally:
+                self.batches += 1
+            start = 0
+            for call in batch:
+                end = start + len(call.inputs)
+                if not call.result.done():
+                    call.result.set_result(outputs[start:end])
+                start = end
+
+    def _next_batch(self) -> list[_Call]:
+        """The waiting calls, oldest first, up to max_batch_items inputs (at least one call)."""
+        batch: list[_Call] = []
+        count = 0
+        while self._queue:
+            call = self._queue[0]
+            if call.result.cancelled():
+                self._queue.popleft()
+                continue
+            if batch and count + len(call.inputs) > self.max_batch_items:
+                break
+            batch.append(self._queue.popleft())
+            count += len(call.inputs)
+        return batch
