@@ -5,9 +5,9 @@ bf16, as a GPTQ checkpoint stores them in 16 bits; GPTQ-4bit is also run with fp
 the CPU default):
 
 - decoder weight bytes per component;
-- decode latency per step at batch 1 and 16, on the serving engine (``services.decoder``),
-  greedy; the variants take turns over a few rounds and each keeps its best, since other
-  processes share the machine;
+- decode latency per step at batch 1 and 16, on the serving engine (``services.decoder``) on
+  ``--device`` (the CPU by default), greedy; the variants take turns over a few rounds and
+  each keeps its best, since other processes share the machine;
 - distortion of the next-token distributions against FP32 (KL and greedy agreement) on text
   GPTQ did not calibrate on (the last 20% of the calibration file), teacher-forced with
   transformers' Glm4ForCausalLM carrying the same quantized modules.
@@ -15,7 +15,8 @@ the CPU default):
 Also GPTQ against round-to-nearest on real weights: all-MiniLM-L6-v2's sentence embeddings,
 cosine to FP32.
 
-    python -m bench.quant [--quick] [--bundle PATH] [--output bench/results/quant.json]
+    python -m bench.quant [--quick] [--bundle PATH] [--device cuda:0]
+                          [--output bench/results/quant.json]
 """
 
 from __future__ import annotations
@@ -129,9 +130,9 @@ def distortion(
     return {"kl": float(kl.sum(-1).mean()), "greedy_agreement": float(agree)}
 
 
-def load_engine(bundle: Bundle, variant: Variant, prompt: int) -> Engine:
+def load_engine(bundle: Bundle, variant: Variant, prompt: int, device: str) -> Engine:
     config = DecoderConfig(
-        bundle=bundle.root, quant=variant.quant, dtype=variant.dtype, device="cpu",
+        bundle=bundle.root, quant=variant.quant, dtype=variant.dtype, device=device,
         max_total_tokens=4096,
     )  # fmt: skip
     engine = load_decoder(config).engine
@@ -198,7 +199,7 @@ def minilm_fidelity(bits: int = 4, group_size: int = 128) -> dict[str, float]:
     }
 
 
-def print_tables(results: list[dict[str, Any]], console: Console) -> None:
+def print_tables(results: list[dict[str, Any]], device: str, console: Console) -> None:
     base = results[0]
     memory = Table(title="decoder weights (bench decoder), MB")
     for column in ("variant", "other weights", "layer linears", "embed + lm_head", "total",
@@ -212,7 +213,7 @@ def print_tables(results: list[dict[str, Any]], console: Console) -> None:
             f"{w['total'] / base['weight_bytes']['total']:.2f}",
         )  # fmt: skip
     console.print(memory)
-    speed = Table(title="decode step (serving engine, CPU) and distortion vs FP32")
+    speed = Table(title=f"decode step (serving engine, {device}) and distortion vs FP32")
     for column in ("variant", "b1 ms", "vs FP32", "b16 ms", "vs FP32", "KL", "greedy agree"):
         speed.add_column(column, justify="right")
     for r in results:
@@ -241,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds")
     parser.add_argument("--samples", type=int, default=16, help="GPTQ calibration windows")
     parser.add_argument("--quick", action="store_true", help="8 new tokens, 1 round, no MiniLM")
+    parser.add_argument("--device", default="cpu", help="where the engines run (distortion: CPU)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     if args.quick:
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in VARIANTS:
             result = dataclasses.asdict(variant) | distortion(bundle, variant, eval_ids, reference)
             results.append(result)
-        engines = {v.name: load_engine(bundle, v, args.prompt) for v in VARIANTS}
+        engines = {v.name: load_engine(bundle, v, args.prompt, args.device) for v in VARIANTS}
         for result in results:
             result["weight_bytes"] = weight_bytes(engines[result["name"]].model)
         steps = latencies(engines, args, console)
@@ -274,9 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             result["decode_step_s_b1"] = steps[result["name"]][1]
             result["decode_step_s_b16"] = steps[result["name"]][16]
         del engines
-    print_tables(results, console)
+    print_tables(results, args.device, console)
     console.print(
-        "decode latency: the serving engine (services.decoder), best of "
+        f"decode latency: the serving engine (services.decoder) on {args.device}, best of "
         f"{args.rounds} interleaved rounds; distortion: transformers' Glm4ForCausalLM"
     )
 
@@ -302,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "distortion_model": "transformers Glm4ForCausalLM with the same quantized modules",
         "distortion_text": "the last 20% of quantize/calibration.txt (GPTQ saw the first 80%)",
         "gptq_quantize_s": quantize_s,
+        "device": args.device,
         "prompt_tokens": args.prompt,
         "new_tokens": args.new_tokens,
         "results": results,
