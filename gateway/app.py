@@ -208,6 +208,7 @@ async def health(request: Request) -> JSONResponse:
 
 async def metrics(request: Request) -> Response:
     exported: Metrics = request.app.state.metrics
+    exported.observe_decoder(await _gateway(request).clients.decoder_state())
     return Response(exported.exposition(), media_type=exported.content_type)
 
 

@@ -120,6 +120,14 @@ class ServiceClients:
         )
         return DecoderInfo.from_pb(reply)
 
+    async def decoder_state(self, timeout: float = 2.0) -> DecoderInfo | None:
+        """The decoder's Info for monitoring, or None if it does not answer in time: a
+        metrics scrape reports the decoder down rather than failing."""
+        try:
+            return await self.decoder_info("metrics", timeout)
+        except grpc.aio.AioRpcError:
+            return None
+
     async def encode(
         self, media: Sequence[Media], request_id: str, deadline: Deadline
     ) -> list[torch.Tensor]:

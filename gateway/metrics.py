@@ -1,7 +1,9 @@
 """Prometheus metrics of the gateway, served at GET /metrics: request rates and latencies by
 route and status, time to first token, and token and media counts, as vLLM and TGI users
-scrape them. One registry per app (not the process-global one), so nothing is registered at
-import time and two apps in one process do not collide."""
+scrape them, plus the decoder's state (running and waiting requests, KV cache usage, prefix
+cache, preemptions) read from its Info at each scrape. One registry per app (not the
+process-global one), so nothing is registered at import time and two apps in one process do not
+collide."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import time
 from collections.abc import AsyncGenerator
 from typing import TypeVar
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.pipeline import Counts
+from services.decoder.types import DecoderInfo
 
 T = TypeVar("T")
 ARRIVED = "autoglm.arrived"  # scope key: time.monotonic() when the request came in
@@ -55,6 +58,28 @@ class Metrics:
         self.generation_tokens = Counter(
             "autoglm_generation_tokens", "Generated tokens", registry=self.registry
         )
+        self.decoder_up = Gauge(
+            "autoglm_decoder_up", "1 if the decoder answered Info at this scrape, else 0",
+            registry=self.registry,
+        )  # fmt: skip
+        self.decoder_requests = Gauge(
+            "autoglm_decoder_requests", "Requests in the decoder's engine, by state",
+            ["state"], registry=self.registry,
+        )  # fmt: skip
+        self.kv_cache_usage = Gauge(
+            "autoglm_decoder_kv_cache_usage_ratio",
+            "Share of the KV cache held by requests (prefix-cache blocks nobody uses count free)",
+            registry=self.registry,
+        )  # fmt: skip
+        self.cached_prefix_tokens = Gauge(
+            "autoglm_decoder_cached_prefix_tokens",
+            "Tokens in KV cache blocks a later prompt may reuse", registry=self.registry,
+        )  # fmt: skip
+        self.preemptions = Gauge(
+            "autoglm_decoder_preemptions",
+            "Requests preempted for lack of KV cache since the decoder started",
+            registry=self.registry,
+        )  # fmt: skip
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
@@ -79,6 +104,17 @@ class Metrics:
             self.media_tokens.labels(kind="image").inc(counts.image_tokens)
             self.media_tokens.labels(kind="audio").inc(counts.audio_tokens)
             self.generation_tokens.inc(counts.completion_tokens)
+
+    def observe_decoder(self, info: DecoderInfo | None) -> None:
+        """The decoder's state as its Info gave it just now; None: it did not answer."""
+        self.decoder_up.set(info is not None)
+        if info is None:
+            return
+        self.decoder_requests.labels(state="running").set(info.running_requests)
+        self.decoder_requests.labels(state="waiting").set(info.waiting_requests)
+        self.kv_cache_usage.set(1 - info.free_cache_tokens / max(info.total_cache_tokens, 1))
+        self.cached_prefix_tokens.set(info.cached_prefix_tokens)
+        self.preemptions.set(info.preemptions)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

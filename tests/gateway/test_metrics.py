@@ -6,9 +6,13 @@ import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.clients import ServiceClients
+from gateway.config import GatewayConfig
+from gateway.metrics import Metrics
 from tests.conftest import Stack
 from tests.gateway.conftest import MODEL
 from tests.media import data_url, image_bytes
+from tests.support import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -56,3 +60,31 @@ def test_errors_are_counted_under_their_route_and_status(stack: Stack) -> None:
     after = scrape(stack)
     route = "/v1/models/{model_id}"
     assert delta(before, after, "autoglm_http_requests_total", route=route, status="404") == 1
+
+
+def test_the_decoder_state_is_read_at_each_scrape(stack: Stack, client: openai.OpenAI) -> None:
+    image = {"type": "image_url", "image_url": {"url": data_url(image_bytes(seed=8), "image/png")}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]
+    client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)  # type: ignore[arg-type]
+    samples = scrape(stack)
+    assert samples[("autoglm_decoder_up", ())] == 1
+    running = samples[("autoglm_decoder_requests", (("state", "running"),))]
+    waiting = samples[("autoglm_decoder_requests", (("state", "waiting"),))]
+    assert running >= 0 and waiting >= 0
+    assert 0 <= samples[("autoglm_decoder_kv_cache_usage_ratio", ())] <= 1
+    assert samples[("autoglm_decoder_preemptions", ())] >= 0
+    # the chat left its prompt's full blocks in the prefix cache
+    assert samples[("autoglm_decoder_cached_prefix_tokens", ())] > 0
+
+
+async def test_a_decoder_that_does_not_answer_is_reported_down() -> None:
+    config = GatewayConfig(decoder_target=f"127.0.0.1:{free_port()}")  # nothing listens there
+    clients = ServiceClients(config)
+    try:
+        state = await clients.decoder_state(timeout=2)
+    finally:
+        await clients.close()
+    assert state is None
+    metrics = Metrics()
+    metrics.observe_decoder(state)
+    assert b"autoglm_decoder_up 0.0" in metrics.exposition()
