@@ -41,11 +41,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.bundles import prepared_bundle
-from bench.device_check import media
 from bench.device_check.runner import Probe
 from bench.device_check.stack import STOP_TIMEOUT_S, LaunchedStack
 from bench.report import write_report
 from bundle.layout import Bundle
+from tests.media import audio_bytes, b64, data_url, image_bytes
 
 Content = list[ChatCompletionContentPartParam]  # one user message's parts
 DEFAULT_OUTPUT = Path("bench/results/serve.json")
@@ -99,10 +99,10 @@ def user_content(mix: str, index: int) -> Content:
     task = TASKS[index % len(TASKS)].format(city=CITIES[index // len(TASKS) % len(CITIES)])
     parts: Content = [{"type": "text", "text": f"Task #{index}: {task}"}]
     if "image" in mix:
-        screen = media.data_url(media.png(index, size=(224, 224)), "image/png")
+        screen = data_url(image_bytes(size=(224, 224), seed=index), "image/png")
         parts.append({"type": "image_url", "image_url": {"url": screen}})
     if "audio" in mix:
-        clip = media.b64(media.wav(AUDIO_SECONDS, index % 8))
+        clip = b64(audio_bytes(AUDIO_SECONDS, seed=index % 8))
         parts.append({"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}})
     return parts
 

@@ -29,12 +29,16 @@ def image_bytes(format: str = "PNG", size: tuple[int, int] = (96, 80), seed: int
 
 
 def audio_bytes(
-    seconds: float = 1.0, rate: int = 16000, format: str = "WAV", subtype: str = "PCM_16"
+    seconds: float = 1.0,
+    rate: int = 16000,
+    format: str = "WAV",
+    subtype: str = "PCM_16",
+    seed: int = 0,
 ) -> bytes:
-    """A two-tone clip with a little noise."""
+    """A two-tone clip with a little noise; ``seed`` sets the lower tone's pitch and the noise."""
     t = np.arange(int(seconds * rate)) / rate
-    wave = 0.4 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1250 * t)
-    wave += 0.01 * np.random.default_rng(0).standard_normal(t.shape)
+    wave = 0.4 * np.sin(2 * np.pi * (440 + 110 * seed) * t) + 0.2 * np.sin(2 * np.pi * 1250 * t)
+    wave += 0.01 * np.random.default_rng(seed).standard_normal(t.shape)
     out = io.BytesIO()
     soundfile.write(out, wave.astype(np.float32), rate, format=format, subtype=subtype)
     return out.getvalue()

@@ -22,7 +22,7 @@ from services.common.config import add_config_args, config_from_args
 from services.health_probe import GRPC_SERVICE_NAMES
 from services.launcher import SERVICES, LauncherConfig
 from tests.deploy.autoglm_args import parse_autoglm
-from tests.support import free_port
+from tests.support import alive, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 240.0
@@ -171,16 +171,6 @@ class Launcher:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie has exited; it only waits for its (new) parent to read its status.
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
 @pytest.fixture

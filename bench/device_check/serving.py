@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
-from bench.device_check import media
 from bench.device_check.measure import mean_cosine, peak_mib, release, synchronize
 from bench.device_check.runner import Check, Probe
 from bundle.layout import Bundle
@@ -30,6 +29,7 @@ from services.decoder.loader import LoadedDecoder, load_decoder
 from services.decoder.types import GenerateRequest, StoppingParams
 from services.vision import server as vision_server
 from services.vision.config import VisionConfig
+from tests.media import audio_bytes, image_bytes
 
 PROMPTS = (
     "The quick brown fox",
@@ -47,8 +47,8 @@ MIN_TOWER_COSINE = 0.99
 def serving_checks(bundle: Path, device: torch.device) -> Iterator[Check]:
     for quant in QUANT_CHOICES:
         yield Check(f"decoder {quant}", partial(check_decoder, bundle, device, quant))
-    images = [MediaItem(media.png(seed)) for seed in (1, 2)]
-    clips = [MediaItem(media.wav(seconds, seed)) for seconds, seed in ((1.0, 1), (0.5, 2))]
+    images = [MediaItem(image_bytes(seed=seed)) for seed in (1, 2)]
+    clips = [MediaItem(audio_bytes(seconds, seed=seed)) for seconds, seed in ((1.0, 1), (0.5, 2))]
     load_vision = partial(_load_tower, vision_server.load, VisionConfig, bundle)
     load_audio = partial(_load_tower, audio_server.load, AudioConfig, bundle)
     yield Check("vision tower int8", partial(check_tower, load_vision, images, device))

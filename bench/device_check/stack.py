@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,33 +27,18 @@ from autoglm.v1 import (
     encoder_pb2,
     vision_pb2_grpc,
 )
-from bench.device_check import media
 from bench.device_check.runner import Check, Probe
 from bundle.layout import Bundle
 from services.health_probe import http_ready
 from services.launcher import SERVICES
+from tests.media import audio_bytes, b64, data_url, image_bytes
+from tests.support import alive, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
 RPC_TIMEOUT_S = 10.0
 LOG_TAIL_CHARS = 3000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def alive(pid: int) -> bool:
-    """Running, and not a zombie waiting to be reaped."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
 class LaunchedStack:
@@ -129,10 +113,10 @@ class LaunchedStack:
         client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="EMPTY", max_retries=0)
         content = [
             {"type": "text", "text": "What do you see and hear?"},
-            {"type": "image_url", "image_url": {"url": media.data_url(media.png(3), "image/png")}},
+            {"type": "image_url", "image_url": {"url": data_url(image_bytes(seed=3), "image/png")}},
             {
                 "type": "input_audio",
-                "input_audio": {"data": media.b64(media.wav(1.0, 3)), "format": "wav"},
+                "input_audio": {"data": b64(audio_bytes(1.0, seed=3)), "format": "wav"},
             },
         ]
         started = time.monotonic()
