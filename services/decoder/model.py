@@ -24,6 +24,19 @@ from transformers.activations import ACT2FN
 
 from services.decoder.kv_cache import ForwardBatch, KVCache, PrefillSpan
 
+Rope = tuple[torch.Tensor, ...]  # (cos, sin) of every packed token, from RotaryEmbedding
+
+
+def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face folder's ``*.safetensors`` files (one file or shards)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        tensors.update(load_file(file))
+    return tensors
+
 
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float) -> None:
@@ -57,7 +70,7 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (theta ** (exponents / self.rotary_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> Rope:
         freqs = positions.float()[:, None] * self.inv_freq  # [tokens, rotary_dim / 2]
         return freqs.cos().to(dtype)[:, None, :], freqs.sin().to(dtype)[:, None, :]
 
@@ -85,11 +98,7 @@ class Glm4Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, ...],
-        batch: ForwardBatch,
-        cache: KVCache,
+        self, x: torch.Tensor, rope: Rope, batch: ForwardBatch, cache: KVCache
     ) -> torch.Tensor:
         tokens = x.shape[0]
         q = apply_rotary(self.q_proj(x).view(tokens, self.num_heads, self.head_dim), *rope)
@@ -162,11 +171,7 @@ class Glm4DecoderLayer(nn.Module):
         self.post_mlp_layernorm = RMSNorm(config.hidden_size, eps)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, ...],
-        batch: ForwardBatch,
-        cache: KVCache,
+        self, x: torch.Tensor, rope: Rope, batch: ForwardBatch, cache: KVCache
     ) -> torch.Tensor:
         attn = self.self_attn(self.input_layernorm(x), rope, batch, cache)
         x = x + self.post_self_attn_layernorm(attn)
@@ -238,12 +243,7 @@ class Glm4ForCausalLM(nn.Module):
         """Load a Hugging Face Glm4ForCausalLM folder (config.json + *.safetensors)."""
         path = Path(path)
         config = Glm4Config.from_pretrained(path)
-        files = sorted(path.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"no *.safetensors weights in {path}")
-        state: dict[str, torch.Tensor] = {}
-        for file in files:
-            state.update(load_file(file))
+        state = load_safetensors(path)
         if "lm_head.weight" not in state and config.tie_word_embeddings:
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
         state = {

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from quantize.checkpoint import QUANT_PARTS, read_quant_config
 from services.decoder.config import QUANT_CHOICES
-from services.decoder.gptq import GPTQLinear
+from services.decoder.gptq_linear import GPTQLinear
+from services.decoder.model import load_safetensors
 
 if TYPE_CHECKING:
     from bundle.layout import Bundle
@@ -68,7 +68,7 @@ def _apply_gptq(model: nn.Module, folder: Path, device: torch.device) -> str:
             "(or serve the decoder with --quant none, nf4 or int8)"
         )
     config = read_quant_config(folder)
-    tensors = _load_tensors(folder)
+    tensors = load_safetensors(folder)
     used: set[str] = set()
 
     def build(name: str, linear: nn.Linear) -> nn.Module:
@@ -95,17 +95,6 @@ def _apply_gptq(model: nn.Module, folder: Path, device: torch.device) -> str:
     _replace_linears(model, build)
     _load_unquantized(model, {k: v for k, v in tensors.items() if k not in used}, folder)
     return f"gptq-{config.bits}bit"
-
-
-def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint, one file or several shards."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"GPTQ checkpoint {folder} has no .safetensors file")
-    tensors: dict[str, torch.Tensor] = {}
-    for file in files:
-        tensors.update(load_file(file))
-    return tensors
 
 
 def _load_unquantized(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
