@@ -21,7 +21,7 @@ from quantize.checkpoint import QuantizedWeight
 from quantize.rtn import rtn_quantize
 from services.common.int8 import DEFAULT_THRESHOLD, Int8Linear
 from services.decoder.bnb_layers import nf4_linear
-from services.decoder.gptq import GPTQLinear
+from services.decoder.gptq_linear import GPTQLinear
 
 # (in, out) of the bench decoder's Linears: attention projections, MLP up/gate, MLP down.
 SHAPES = ((1024, 1024), (1024, 5632), (2816, 1024))

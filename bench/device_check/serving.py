@@ -24,7 +24,7 @@ from services.audio.config import AudioConfig
 from services.common.encoder_server import MediaEncoder
 from services.common.encoder_types import MediaItem
 from services.decoder.config import QUANT_CHOICES, DecoderConfig
-from services.decoder.gptq import GPTQLinear
+from services.decoder.gptq_linear import GPTQLinear
 from services.decoder.loader import LoadedDecoder, load_decoder
 from services.decoder.types import GenerateRequest, StoppingParams
 from services.vision import server as vision_server

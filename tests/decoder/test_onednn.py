@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from services.decoder.config import DecoderConfig
-from services.decoder.gptq import GPTQLinear
+from services.decoder.gptq_linear import GPTQLinear
 from services.decoder.loader import load_decoder
 from services.decoder.onednn import OneDnnLinear, can_prepack, prepack_linears
 

@@ -21,7 +21,7 @@ from quantize.checkpoint import (
     read_quant_config,
     unpack_int32,
 )
-from services.decoder.gptq import GPTQLinear
+from services.decoder.gptq_linear import GPTQLinear
 
 IN, OUT, GROUP = 64, 16, 32
 

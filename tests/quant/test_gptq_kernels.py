@@ -9,7 +9,7 @@ import torch
 
 from quantize.checkpoint import QuantizedWeight
 from quantize.rtn import rtn_quantize
-from services.decoder.gptq import GPTQLinear, int4_layout
+from services.decoder.gptq_linear import GPTQLinear, int4_layout
 
 
 def quantized(out: int, inp: int, bits: int = 4, group_size: int = 128) -> QuantizedWeight:

@@ -17,7 +17,7 @@ from bundle.layout import Bundle
 from quantize.checkpoint import QUANT_PARTS, QuantizedWeight, pack_int32
 from quantize.rtn import rtn_quantize
 from services.cli import main
-from services.decoder.gptq import GPTQLinear
+from services.decoder.gptq_linear import GPTQLinear
 from services.decoder.quant import apply_quantization, decoder_linears
 
 CPU = torch.device("cpu")
