@@ -3,8 +3,9 @@
 Used twice: as the FastAPI exception handlers (before a response started) and for the error
 chunk of a stream that already began. Only messages known to be safe reach a client: domain
 errors (``services.common.errors``), the gateway's own ``ApiError``s, validation messages and the
-details of gRPC INVALID_ARGUMENT/OUT_OF_RANGE/RESOURCE_EXHAUSTED (written by the services'
-domain code). Everything else gets a fixed message; its text is only logged.
+details of the gRPC statuses marked ``details_safe`` (written by the services' domain code).
+Everything else gets a fixed message; its text is only logged. Domain errors map through their
+gRPC status (``status_of``), so one table, ``OPENAI_ERROR_OF_STATUS``, serves both.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from gateway.responses import ErrorBody, ErrorResponse
-from services.common.errors import InvalidInput, NotReady, Overloaded, ServiceError
+from services.common.errors import ServiceError, status_of
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = "1"
@@ -74,23 +75,46 @@ def _mapped(
     return MappedError(status, body, headers)
 
 
+@dataclasses.dataclass(frozen=True)
+class OpenAIError:
+    """What a gRPC status becomes for an OpenAI client."""
+
+    status: int
+    type: str
+    message: str  # shown when the details are empty or not safe to show
+    code: str | None = None
+    # written by the services' domain code, never a connection's addresses
+    details_safe: bool = False
+
+
+_INVALID = OpenAIError(400, "invalid_request_error", "invalid request", details_safe=True)
+OPENAI_ERROR_OF_STATUS: dict[grpc.StatusCode, OpenAIError] = {
+    grpc.StatusCode.INVALID_ARGUMENT: _INVALID,
+    grpc.StatusCode.OUT_OF_RANGE: _INVALID,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: OpenAIError(
+        429, "rate_limit_error", "server overloaded", "overloaded", details_safe=True
+    ),
+    grpc.StatusCode.UNAVAILABLE: OpenAIError(
+        503, "service_unavailable_error", "a model service is unavailable; retry later"
+    ),
+    grpc.StatusCode.DEADLINE_EXCEEDED: OpenAIError(
+        504, "timeout_error", "the request did not finish within its deadline"
+    ),
+}
+
+
+def _from_status(kind: OpenAIError, details: str | None, *, trusted: bool = False) -> MappedError:
+    """``trusted``: the details are a domain error's own message, safe whatever the status."""
+    shown = details if details and (trusted or kind.details_safe) else kind.message
+    return _mapped(kind.status, shown, kind.type, code=kind.code)
+
+
 def _from_grpc(exc: grpc.aio.AioRpcError) -> MappedError:
-    code = exc.code()
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
-        return _mapped(400, exc.details() or "invalid request", "invalid_request_error")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return _mapped(
-            429, exc.details() or "server overloaded", "rate_limit_error", code="overloaded"
-        )
-    if code == grpc.StatusCode.UNAVAILABLE:
-        # The details of a failed connection name addresses: a fixed message instead.
-        return _mapped(
-            503, "a model service is unavailable; retry later", "service_unavailable_error"
-        )
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return _mapped(504, "the request did not finish within its deadline", "timeout_error")
-    log.error("model service failed: %s %s", code, exc.details())
-    return _mapped(500, "internal error", "server_error")
+    kind = OPENAI_ERROR_OF_STATUS.get(exc.code())
+    if kind is None:
+        log.error("model service failed: %s %s", exc.code(), exc.details())
+        return _mapped(500, "internal error", "server_error")
+    return _from_status(kind, exc.details())
 
 
 def _location(loc: Sequence[Any]) -> str:
@@ -122,13 +146,8 @@ def map_exception(exc: BaseException) -> MappedError:
         return _from_validation(exc.errors())
     if isinstance(exc, pydantic.ValidationError):
         return _from_validation(exc.errors(include_input=False))
-    if isinstance(exc, ServiceError):
-        if isinstance(exc, InvalidInput):
-            return _mapped(400, str(exc), "invalid_request_error")
-        if isinstance(exc, Overloaded):
-            return _mapped(429, str(exc), "rate_limit_error", code="overloaded")
-        if isinstance(exc, NotReady):
-            return _mapped(503, str(exc), "service_unavailable_error")
+    if isinstance(exc, ServiceError) and status_of(exc) in OPENAI_ERROR_OF_STATUS:
+        return _from_status(OPENAI_ERROR_OF_STATUS[status_of(exc)], str(exc), trusted=True)
     if isinstance(exc, grpc.aio.AioRpcError):
         return _from_grpc(exc)
     if isinstance(exc, HTTPException):
@@ -137,7 +156,7 @@ def map_exception(exc: BaseException) -> MappedError:
         mapped.headers.update(exc.headers or {})  # e.g. Allow on 405, as RFC 9110 requires
         return mapped
     if isinstance(exc, TimeoutError):
-        return _mapped(504, "the request did not finish within its deadline", "timeout_error")
+        return _from_status(OPENAI_ERROR_OF_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED], None)
     log.error("unexpected error", exc_info=exc)
     return _mapped(500, "internal error", "server_error")
 

@@ -22,26 +22,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import ServiceConfig
-from services.common.errors import InvalidInput, NotReady, Overloaded, ServiceError, TooLarge
+from services.common.errors import NotReady, ServiceError, status_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Most specific first: TooLarge is an InvalidInput.
-STATUS_OF_ERROR: tuple[tuple[type[ServiceError], grpc.StatusCode], ...] = (
-    (TooLarge, grpc.StatusCode.OUT_OF_RANGE),
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (NotReady, grpc.StatusCode.UNAVAILABLE),
-)
 SHUTDOWN_GRACE_S = 10.0
-
-
-def status_of(exc: ServiceError) -> grpc.StatusCode:
-    for kind, code in STATUS_OF_ERROR:
-        if isinstance(exc, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
 
 
 class Slot(Generic[T]):
@@ -60,8 +46,9 @@ class Slot(Generic[T]):
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps domain errors to status codes; anything else is logged and becomes INTERNAL with a
-    fixed message, so no exception text (paths, addresses) reaches a client."""
+    """Maps domain errors to status codes (``errors.STATUS_OF_ERROR``); anything else is logged
+    and becomes INTERNAL with a fixed message, so no exception text (paths, addresses) reaches a
+    client."""
 
     async def intercept_service(
         self,
