@@ -9,13 +9,17 @@ INSTALLED := $(VENV)/.installed
 # made once (order-only on the bundle), never again because a file changed.
 GPTQ := $(BUNDLE)/decoder-gptq/quantize_config.json
 
-.PHONY: up test env bundle quantize protos lint bench device-check clean
+.PHONY: up test test-fast env bundle quantize protos lint bench device-check clean
 
 up: env bundle quantize
 	$(BIN)/autoglm up --bundle $(BUNDLE)
 
 test: env
 	$(BIN)/pytest -q
+
+# Everything but the tests marked `stack` (those that start processes): about a minute.
+test-fast: env
+	$(BIN)/pytest -q -m "not stack"
 
 env: $(INSTALLED)
 
@@ -41,7 +45,7 @@ protos: env
 
 lint: env
 	$(BIN)/ruff check .
-	$(BIN)/mypy $(wildcard services gateway bundle quantize bench)
+	$(BIN)/mypy $(wildcard services gateway bundle quantize bench testkit)
 
 bench: env
 	$(BIN)/python -m bench

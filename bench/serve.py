@@ -25,7 +25,6 @@ import dataclasses
 import itertools
 import signal
 import statistics
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,7 +44,7 @@ from bench.device_check.runner import Probe
 from bench.device_check.stack import STOP_TIMEOUT_S, LaunchedStack
 from bench.report import write_report
 from bundle.layout import Bundle
-from tests.media import audio_bytes, b64, data_url, image_bytes
+from testkit.media import audio_bytes, b64, data_url, image_bytes
 
 Content = list[ChatCompletionContentPartParam]  # one user message's parts
 DEFAULT_OUTPUT = Path("bench/results/serve.json")
@@ -229,16 +228,16 @@ def running_stack(bundle: Path, device: str, log: Path, console: Console) -> Ite
         probe = Probe()
         stack.check_ready(probe)
         if probe.problems:
-            raise RuntimeError(f"the stack is not serving: {probe.problems}\n{stack.log_tail()}")
+            raise RuntimeError(f"the stack is not serving: {probe.problems}\n{stack.up.log_tail()}")
         console.print(f"stack ready at {stack.url} after {probe.figures['ready_s']:.1f} s")
         yield stack.url
     finally:
-        stack.process.send_signal(signal.SIGTERM)
+        stack.up.process.send_signal(signal.SIGTERM)
         try:
-            stack.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
+            stack.up.wait(STOP_TIMEOUT_S)
+        except TimeoutError:
             console.print(f"up still running {STOP_TIMEOUT_S:.0f} s after SIGTERM; killing it")
-        stack.kill_leftovers()
+        stack.up.kill_everything()
 
 
 async def measure(

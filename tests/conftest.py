@@ -1,8 +1,13 @@
-"""Session fixtures: the default bundle, built once, and the whole stack as real processes."""
+"""Session fixtures: the default bundle, built once (and GPTQ-quantized once, for the tests that
+serve it as `make up` does), and the whole stack as real processes.
+
+Two tiers: a test that starts processes (a service, `autoglm up`, a server) is marked ``stack``;
+`pytest -m "not stack"` (`make test-fast`) runs the rest, which never pays for quantizing."""
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,14 +16,39 @@ import pytest
 from bundle.build import build_bundle
 from bundle.layout import Bundle
 from services import cli
-from tests.support import ServiceProcess, spawn
+from testkit.processes import ServiceProcess, spawn
+
+# Fixtures that start processes: a test using one must be marked `stack` (checked below).
+PROCESS_FIXTURES = frozenset({"stack", "quantized_bundle_dir"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the fast tier fast: a test that needs the stack or the quantized bundle and is not
+    marked `stack` is a collection error, not a slow surprise in `make test-fast`."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("stack") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("mark these tests @pytest.mark.stack:\n" + "\n".join(unmarked))
 
 
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default bundle as `make up` builds it: FP weights plus the GPTQ 4-bit decoder."""
+    """The default bundle as `autoglm bundle init` builds it: FP weights, no GPTQ checkpoint."""
     root = tmp_path_factory.mktemp("bundle") / "default"
     build_bundle(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def quantized_bundle_dir(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default bundle as `make up` serves it: a copy of ``bundle_dir`` plus the GPTQ 4-bit
+    decoder (the decoder's default weights). Quantizing takes minutes on the CPU."""
+    root = tmp_path_factory.mktemp("quantized-bundle") / "default"
+    shutil.copytree(bundle_dir, root)
     assert cli.main(["quantize", str(root), "--bits", "4", "--group-size", "128"]) == 0
     return root
 
@@ -45,8 +75,9 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(quantized_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Vision, audio, decoder and gateway on free loopback ports, started in parallel."""
+    bundle_dir = quantized_bundle_dir
     logs = tmp_path_factory.mktemp("logs")
     encoders_and_decoder = [
         spawn("vision", bundle_dir, logs),

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +19,8 @@ from services.cli import build_parser
 from services.common.config import add_config_args, config_from_args
 from services.health_probe import GRPC_SERVICE_NAMES
 from services.launcher import SERVICES, LauncherConfig
+from testkit.processes import Up, alive, free_port
 from tests.deploy.autoglm_args import parse_autoglm
-from tests.support import alive, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 240.0
@@ -126,88 +124,43 @@ def test_the_probe_says_not_ready_when_nothing_listens() -> None:
 # The real stack.
 
 
-class Launcher:
-    """`autoglm up` as a subprocess, its output in a file."""
-
-    def __init__(self, bundle: Path, log_path: Path) -> None:
-        self.log_path = log_path
-        self.ports = {name: free_port() for name in SERVICES}
-        command = [sys.executable, "-m", "services.cli", "up", "--bundle", str(bundle)]
-        command += ["--host", "127.0.0.1", "--device", "cpu"]
-        for name, port in self.ports.items():
-            command += [f"--{name}-port", str(port)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOGLM_")}
-        with log_path.open("w") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-            )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def children(self) -> dict[str, int]:
-        return {m[0]: int(m[1]) for m in re.findall(r"started (\w+) \(pid (\d+)\)", self.log)}
-
-    def wait_for_url(self) -> str:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if found := re.search(r"is being served at (http://\S+)", self.log):
-                return found[1]
-            if self.process.poll() is not None:
-                pytest.fail(f"autoglm up exited with {self.process.returncode}:\n{self.log}")
-            time.sleep(0.5)
-        pytest.fail(f"no URL after {READY_TIMEOUT_S} s:\n{self.log[-5000:]}")
-
-    def wait(self) -> int:
-        try:
-            return self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"autoglm up still running {STOP_TIMEOUT_S} s later:\n{self.log[-5000:]}")
-
-    def kill_everything(self) -> None:
-        """After a failed test: leave no process behind."""
-        for pid in [self.process.pid, *self.children().values()]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        self.process.wait()
-
-
 @pytest.fixture
-def launcher(bundle_dir: Path, tmp_path: Path) -> Iterator[Launcher]:
-    started = Launcher(bundle_dir, tmp_path / "up.log")
+def launcher(quantized_bundle_dir: Path, tmp_path: Path) -> Iterator[Up]:
+    started = Up(quantized_bundle_dir, tmp_path / "up.log")
     try:
         yield started
     finally:
         started.kill_everything()
 
 
-def test_up_serves_and_stops_every_child_on_sigterm(launcher: Launcher) -> None:
-    url = launcher.wait_for_url()
+@pytest.mark.stack
+def test_up_serves_and_stops_every_child_on_sigterm(launcher: Up) -> None:
+    url = launcher.wait_for_url(READY_TIMEOUT_S)
     assert httpx.get(f"{url}/health", timeout=10).status_code == 200
     assert httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"] == "autoglm-phone-9b"
     children = launcher.children()
     assert sorted(children) == sorted(SERVICES)
     # The probe the compose healthchecks run agrees, and asks for the service by name.
     for name, service in GRPC_SERVICE_NAMES.items():
-        target = f"127.0.0.1:{launcher.ports[name]}"
+        target = launcher.target(name)
         assert health_probe.main([target, service]) == 0
         assert health_probe.main([target, "autoglm.v1.Unknown"]) == 1
     assert health_probe.main([f"{url}/health"]) == 0
 
     launcher.process.send_signal(signal.SIGTERM)
 
-    assert launcher.wait() == 0, launcher.log
+    assert launcher.wait(STOP_TIMEOUT_S) == 0, launcher.log
     assert "stopped on SIGTERM" in launcher.log
     assert [name for name, pid in children.items() if alive(pid)] == []
 
 
-def test_when_one_service_dies_up_stops_the_rest_and_names_it(launcher: Launcher) -> None:
-    launcher.wait_for_url()
+@pytest.mark.stack
+def test_when_one_service_dies_up_stops_the_rest_and_names_it(launcher: Up) -> None:
+    launcher.wait_for_url(READY_TIMEOUT_S)
     children = launcher.children()
 
     os.kill(children["decoder"], signal.SIGKILL)
 
-    assert launcher.wait() != 0
+    assert launcher.wait(STOP_TIMEOUT_S) != 0
     assert "decoder was killed by SIGKILL; stopping vision, audio, gateway" in launcher.log
     assert [name for name, pid in children.items() if alive(pid)] == []

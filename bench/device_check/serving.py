@@ -29,7 +29,7 @@ from services.decoder.loader import LoadedDecoder, load_decoder
 from services.decoder.types import GenerateRequest, StoppingParams
 from services.vision import server as vision_server
 from services.vision.config import VisionConfig
-from tests.media import audio_bytes, image_bytes
+from testkit.media import audio_bytes, image_bytes
 
 PROMPTS = (
     "The quick brown fox",

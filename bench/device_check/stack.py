@@ -7,12 +7,9 @@ its ``finally`` leaves no process behind.
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +28,9 @@ from bench.device_check.runner import Check, Probe
 from bundle.layout import Bundle
 from services.health_probe import http_ready
 from services.launcher import SERVICES
-from tests.media import audio_bytes, b64, data_url, image_bytes
-from tests.support import alive, free_port
+from testkit.media import audio_bytes, b64, data_url, image_bytes
+from testkit.processes import Up, alive
 
-ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
 RPC_TIMEOUT_S = 10.0
@@ -47,47 +43,15 @@ class LaunchedStack:
     def __init__(self, bundle: Path, device: str, log_path: Path) -> None:
         self.bundle = bundle
         self.device = device
-        self.log_path = log_path
-        self.ports = {name: free_port() for name in SERVICES}
-        command = [sys.executable, "-m", "services.cli", "up", "--bundle", str(bundle)]
-        command += ["--host", "127.0.0.1", "--device", device]
-        command += ["--startup-timeout-s", str(READY_TIMEOUT_S)]
-        for name, port in self.ports.items():
-            command += [f"--{name}-port", str(port)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOGLM_")}
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("w") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-            )
+        self.up = Up(bundle, log_path, device, ["--startup-timeout-s", str(READY_TIMEOUT_S)])
         self.url = ""
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_tail(self) -> str:
-        return self.log[-LOG_TAIL_CHARS:]
-
-    def children(self) -> dict[str, int]:
-        return {m[0]: int(m[1]) for m in re.findall(r"started (\w+) \(pid (\d+)\)", self.log)}
-
-    def target(self, service: str) -> str:
-        return f"127.0.0.1:{self.ports[service]}"
 
     def check_ready(self, probe: Probe) -> None:
         started = time.monotonic()
-        deadline = started + READY_TIMEOUT_S
-        while not (found := re.search(r"is being served at (http://\S+)", self.log)):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"up exited with {self.process.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no URL after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.5)
-        self.url = found[1]
+        self.url = self.up.wait_for_url(READY_TIMEOUT_S)
         probe.record(ready_s=time.monotonic() - started, url=self.url)
         probe.require(http_ready(f"{self.url}/health"), "the gateway's /health answers 200")
-        probe.require(sorted(self.children()) == sorted(SERVICES), "up started all four")
+        probe.require(sorted(self.up.children()) == sorted(SERVICES), "up started all four")
 
     def require_started(self) -> None:
         if not self.url:
@@ -102,7 +66,7 @@ class LaunchedStack:
             "decoder": (decoder_pb2_grpc.DecoderStub, decoder_pb2.DecoderInfoRequest()),
         }
         for name, (stub_class, request) in stubs.items():
-            with grpc.insecure_channel(self.target(name)) as channel:
+            with grpc.insecure_channel(self.up.target(name)) as channel:
                 info = stub_class(channel).Info(request, timeout=RPC_TIMEOUT_S)
             probe.record(**{f"{name}_device": info.device})
             probe.require(info.device == self.device, f"{name} Info reports {self.device}")
@@ -145,30 +109,21 @@ class LaunchedStack:
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         probe.require(result.returncode == 0, f"nvidia-smi ran: {result.stderr.strip()}")
-        pids = {str(pid): name for name, pid in self.children().items()}
+        pids = {str(pid): name for name, pid in self.up.children().items()}
         for line in result.stdout.splitlines()[1:]:  # after the CSV header
             pid, _, used = (part.strip() for part in line.partition(","))
             probe.record(**{f"memory {pids.get(pid, 'pid ' + pid)}": used})
 
     def check_sigterm(self, probe: Probe) -> None:
-        children = self.children()
+        children = self.up.children()
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"up still running {STOP_TIMEOUT_S:.0f} s after SIGTERM") from None
+        self.up.process.send_signal(signal.SIGTERM)
+        code = self.up.wait(STOP_TIMEOUT_S)
         probe.record(exit_code=code, stop_s=time.monotonic() - started)
-        probe.require(code == 0, f"up exits 0 on SIGTERM:\n{self.log_tail()}")
-        probe.require("stopped on SIGTERM" in self.log, "up says it stopped on SIGTERM")
+        probe.require(code == 0, f"up exits 0 on SIGTERM:\n{self.up.log_tail(LOG_TAIL_CHARS)}")
+        probe.require("stopped on SIGTERM" in self.up.log, "up says it stopped on SIGTERM")
         left = [name for name, pid in children.items() if alive(pid)]
         probe.require(not left, f"no child left running (left: {left})")
-
-    def kill_leftovers(self) -> None:
-        for pid in [self.process.pid, *self.children().values()]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        self.process.wait()
 
 
 def stack_checks(bundle: Path, device: str, log_path: Path) -> Iterator[Check]:
@@ -181,4 +136,4 @@ def stack_checks(bundle: Path, device: str, log_path: Path) -> Iterator[Check]:
             yield Check("GPU memory (nvidia-smi)", stack.check_gpu_memory)
         yield Check("SIGTERM", stack.check_sigterm)
     finally:
-        stack.kill_leftovers()
+        stack.up.kill_everything()

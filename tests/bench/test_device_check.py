@@ -29,12 +29,13 @@ def results_by_name(report: dict[str, Any], group: str) -> dict[str, dict[str, A
     return {r["name"]: r for r in report["groups"][group]}
 
 
+@pytest.mark.stack
 def test_every_check_passes_on_the_cpu_with_figures_in_range(
-    bundle_dir: Path, tmp_path: Path
+    quantized_bundle_dir: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "device_check.json"
     command = [sys.executable, "-m", "bench.device_check", "--device", "cpu"]
-    command += ["--bundle", str(bundle_dir), "--output", str(output), "--repeats", "5"]
+    command += ["--bundle", str(quantized_bundle_dir), "--output", str(output), "--repeats", "5"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOGLM_")}
     done = subprocess.run(command, capture_output=True, text=True, timeout=540, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]

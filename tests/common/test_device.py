@@ -31,6 +31,7 @@ def test_a_gpu_index_past_the_last_fails_clearly() -> None:
     assert resolve_device("cuda") == torch.device("cuda", 0)
 
 
+@pytest.mark.stack
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_service_pinned_to_a_missing_gpu_exits_instead_of_serving(bundle_dir: Path) -> None:
     command = [sys.executable, "-m", "services.cli", "serve", "vision", "--port", "0"]

@@ -14,7 +14,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from autoglm.v1 import decoder_pb2, decoder_pb2_grpc, tensor_pb2
 from services.common.health import DECODER_SERVICE
-from tests.support import ServiceProcess, spawn
+from testkit.processes import ServiceProcess, spawn
+
+pytestmark = pytest.mark.stack  # every test here talks to service processes
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ import grpc
 import pytest
 
 from autoglm.v1 import decoder_pb2, decoder_pb2_grpc
-from tests.support import ServiceProcess, spawn
+from testkit.processes import ServiceProcess, spawn
+
+pytestmark = pytest.mark.stack  # every test here talks to service processes
 
 # 16 blocks of 16 tokens; each request needs 40 + 60 = 100 tokens (7 blocks) by its end
 CACHE = ["--max-total-tokens", "256", "--kv-block-size", "16", "--max-model-len", "256"]

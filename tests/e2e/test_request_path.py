@@ -12,8 +12,10 @@ import torch
 from transformers import AutoConfig, Wav2Vec2Model
 
 from bundle.layout import Bundle
+from testkit.media import audio_bytes, b64, data_url, image_bytes
 from tests.conftest import Stack
-from tests.media import audio_bytes, b64, data_url, image_bytes
+
+pytestmark = pytest.mark.stack  # every test here talks to service processes
 
 MODEL = "autoglm-phone-9b"
 

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from services.common.grpc_server import channel_options
 from services.common.health import AUDIO_SERVICE, VISION_SERVICE
 from services.vision.config import VisionConfig
-from tests.support import START_TIMEOUT_S, ServiceProcess, spawn
+from testkit.processes import START_TIMEOUT_S, ServiceProcess, spawn
 
 HEALTH_NAMES = {"vision": VISION_SERVICE, "audio": AUDIO_SERVICE}
 # Retry the first connection every few ms, so health is asked before the load ends.

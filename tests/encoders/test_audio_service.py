@@ -19,6 +19,7 @@ from services.common.encoder_types import (
     encode_request_to_pb,
 )
 from services.common.health import AUDIO_SERVICE
+from testkit.media import audio_bytes
 from tests.encoders.helpers import (
     Started,
     assert_health_contract,
@@ -28,7 +29,8 @@ from tests.encoders.helpers import (
     speech_like,
     start_encoder,
 )
-from tests.media import audio_bytes
+
+pytestmark = pytest.mark.stack  # every test here talks to service processes
 
 HIDDEN = 128  # the default bundle's tower width
 MAX_SECONDS = 50

@@ -21,8 +21,8 @@ from services.audio.preprocess import AudioLimits, AudioPreprocessor
 from services.common.int8 import quantize_linears
 from services.vision.model import VisionTower
 from services.vision.preprocess import ImageLimits, ImagePreprocessor
+from testkit.media import image_bytes
 from tests.encoders.helpers import encoded_audio, speech_like
-from tests.media import image_bytes
 
 GATE = 0.99
 CPU = torch.device("cpu")

@@ -14,8 +14,8 @@ from services.audio.preprocess import sniff_format as sniff_audio
 from services.common.errors import InvalidInput, TooLarge
 from services.vision.preprocess import ImageLimits, decode_image
 from services.vision.preprocess import sniff_format as sniff_image
+from testkit.media import audio_bytes, image_bytes
 from tests.encoders.helpers import encoded_audio
-from tests.media import audio_bytes, image_bytes
 
 LIMITS = AudioLimits(max_bytes=2**24, max_seconds=60.0)
 

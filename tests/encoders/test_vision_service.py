@@ -21,6 +21,7 @@ from services.common.encoder_types import (
     encode_request_to_pb,
 )
 from services.common.health import VISION_SERVICE
+from testkit.media import image_bytes
 from tests.encoders.helpers import (
     Started,
     assert_health_contract,
@@ -28,7 +29,8 @@ from tests.encoders.helpers import (
     client_channel,
     start_encoder,
 )
-from tests.media import image_bytes
+
+pytestmark = pytest.mark.stack  # every test here talks to service processes
 
 MAX_ITEMS = 400
 # The default bundle's tower: 64x64 images in 8x8 patches, width 128.

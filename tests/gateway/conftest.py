@@ -9,8 +9,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from testkit.processes import ServiceProcess, spawn
 from tests.conftest import Stack
-from tests.support import ServiceProcess, spawn
 
 MODEL = "autoglm-phone-9b"
 STRICT_KEY = "sk-test-gateway"

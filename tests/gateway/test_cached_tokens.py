@@ -7,13 +7,16 @@ from typing import Any
 
 import grpc
 import openai
+import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from autoglm.v1 import decoder_pb2, decoder_pb2_grpc
 from services.decoder.config import DecoderConfig
+from testkit.media import data_url, image_bytes
 from tests.conftest import Stack
 from tests.gateway.conftest import MODEL
-from tests.media import data_url, image_bytes
+
+pytestmark = pytest.mark.stack  # every test here talks to service processes
 
 BLOCK = DecoderConfig.kv_block_size  # the stack's decoder runs with the default settings
 HISTORY = " ".join(f"step {i}: tapped the settings icon and scrolled down." for i in range(40))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_openai import ChatOpenAI
 
+from testkit.media import data_url, image_bytes
 from tests.conftest import Stack
 from tests.gateway.conftest import MODEL
-from tests.media import data_url, image_bytes
+
+pytestmark = pytest.mark.stack  # every test here talks to service processes
 
 
 def chat_model(stack: Stack, **extra: object) -> ChatOpenAI:

@@ -18,7 +18,7 @@ from gateway.config import GatewayConfig
 from gateway.media import MediaLoader, check_audio, check_image, decode_data_url
 from gateway.protocol import AudioURLPart, ImagePart, InputAudioPart
 from services.common.errors import InvalidInput, TooLarge
-from tests.media import audio_bytes, b64, data_url, image_bytes
+from testkit.media import audio_bytes, b64, data_url, image_bytes
 
 
 def png_header_claiming(width: int, height: int) -> bytes:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import httpx
 import openai
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.clients import ServiceClients
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
+from testkit.media import data_url, image_bytes
+from testkit.processes import free_port
 from tests.conftest import Stack
 from tests.gateway.conftest import MODEL
-from tests.media import data_url, image_bytes
-from tests.support import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -32,6 +33,7 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
+@pytest.mark.stack
 def test_counters_follow_a_chat_request(stack: Stack, client: openai.OpenAI) -> None:
     image = {"type": "image_url", "image_url": {"url": data_url(image_bytes(seed=7), "image/png")}}
     messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]
@@ -54,6 +56,7 @@ def test_counters_follow_a_chat_request(stack: Stack, client: openai.OpenAI) -> 
     assert delta(before, after, "autoglm_time_to_first_token_seconds_count") == 1
 
 
+@pytest.mark.stack
 def test_errors_are_counted_under_their_route_and_status(stack: Stack) -> None:
     before = scrape(stack)
     httpx.get(f"{stack.base_url}/models/not-a-model", timeout=10)
@@ -62,6 +65,7 @@ def test_errors_are_counted_under_their_route_and_status(stack: Stack) -> None:
     assert delta(before, after, "autoglm_http_requests_total", route=route, status="404") == 1
 
 
+@pytest.mark.stack
 def test_the_decoder_state_is_read_at_each_scrape(stack: Stack, client: openai.OpenAI) -> None:
     image = {"type": "image_url", "image_url": {"url": data_url(image_bytes(seed=8), "image/png")}}
     messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]

@@ -10,9 +10,11 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from testkit.media import audio_bytes, b64, data_url, image_bytes
 from tests.conftest import Stack
 from tests.gateway.conftest import MODEL
-from tests.media import audio_bytes, b64, data_url, image_bytes
+
+pytestmark = pytest.mark.stack  # every test here talks to service processes
 
 IMAGE_ROWS = 64  # the default bundle's SigLIP: 64x64 pixels, 8x8 patches
 

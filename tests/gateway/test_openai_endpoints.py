@@ -10,6 +10,8 @@ from openai.types import Completion
 from tests.conftest import Stack
 from tests.gateway.conftest import MODEL
 
+pytestmark = pytest.mark.stack  # every test here talks to service processes
+
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
     models = client.models.list()

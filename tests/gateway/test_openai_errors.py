@@ -17,11 +17,13 @@ import openai
 import pytest
 
 from autoglm.v1 import decoder_pb2, decoder_pb2_grpc
+from testkit.media import data_url, image_bytes
+from testkit.processes import ServiceProcess
 from tests.conftest import Stack
 from tests.gateway.conftest import MODEL, STRICT_KEY
 from tests.gateway.test_media import png_header_claiming
-from tests.media import data_url, image_bytes
-from tests.support import ServiceProcess
+
+pytestmark = pytest.mark.stack  # every test here talks to service processes
 
 
 def user(*content: Any) -> list[Any]:
