@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bundle.build import build_bundle
+from bundle.glm4v import build_glm4v_checkpoint
 from bundle.layout import Bundle
 from services import cli
 from testkit.processes import ServiceProcess, spawn
@@ -103,3 +104,9 @@ def stack(quantized_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     finally:
         for process in reversed(started.processes):
             process.stop()
+
+
+@pytest.fixture(scope="session")
+def glm4v_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random GLM-4.1V checkpoint in the real layout (its own special-token ids)."""
+    return build_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v") / "tiny", "tiny")
