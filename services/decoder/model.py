@@ -1,14 +1,18 @@
-"""The GLM-4 decoder (Hugging Face's ``Glm4ForCausalLM`` architecture) written for serving.
+"""The GLM-4 decoder written for serving: Hugging Face's ``Glm4ForCausalLM``, and the text model
+of ``Glm4vForConditionalGeneration`` (GLM-4.1V, AutoGLM-Phone-9B), which is the same stack with
+3-D mRoPE (``rope.py``; shapes and names from ``text_config.py``).
 
-Same maths and parameter names as transformers' implementation, so any HF checkpoint loads as is
-and quantized Linear layers can replace ``model.layers.N.self_attn.q_proj`` and friends by name.
-What differs is the calling convention: one forward takes the new tokens of every scheduled
-request packed into one sequence (``[tokens]`` ids and positions), writes their K/V into the
-paged cache and attends over each request's own cached tokens (``kv_cache.ForwardBatch``).
+Same maths and parameter names as transformers' implementation (our ``model.*`` is GLM-4.1V's
+``model.language_model.*``), so checkpoints load as they are and quantized Linear layers can
+replace ``model.layers.N.self_attn.q_proj`` and friends by name. What differs is the calling
+convention: one forward takes the new tokens of every scheduled request packed into one
+sequence (``[tokens]`` ids, positions ``[tokens]`` or ``[3, tokens]`` for mRoPE), writes their
+K/V into the paged cache and attends over each request's own cached tokens
+(``kv_cache.ForwardBatch``).
 
 GLM-4 specifics: rotary embedding on the first half of each head only (``partial_rotary_factor``)
 with interleaved pairs, grouped-query attention with biased q/k/v, a fused gate/up SwiGLU, and
-extra RMSNorms after attention and after the MLP.
+extra RMSNorms after attention and after the MLP (GLM-4.1V's text layers have them too).
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
-from transformers import Glm4Config
 from transformers.activations import ACT2FN
 
+from bundle.checkpoint import read_tensors
 from services.decoder.kv_cache import ForwardBatch, KVCache, PrefillSpan
-
-Rope = tuple[torch.Tensor, ...]  # (cos, sin) of every packed token, from RotaryEmbedding
+from services.decoder.rope import Rope, RotaryEmbedding, apply_rotary
+from services.decoder.text_config import TextModelConfig
 
 
 def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -52,40 +56,8 @@ class RMSNorm(nn.Module):
         return weight * x32.to(x.dtype)
 
 
-class RotaryEmbedding(nn.Module):
-    """cos/sin for the rotated part of each head, from explicit per-token positions."""
-
-    inv_freq: torch.Tensor
-
-    def __init__(self, config: Glm4Config) -> None:
-        super().__init__()
-        params = dict(getattr(config, "rope_parameters", None) or {})
-        if params.get("rope_type", "default") != "default":
-            raise ValueError(f"unsupported rope_type {params['rope_type']!r} (only 'default')")
-        theta = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
-        factor = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
-        self.rotary_dim = int(config.head_dim * factor)
-        # built on the CPU explicitly: the model itself may be constructed on the meta device
-        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32, device="cpu")
-        inv_freq = 1.0 / (theta ** (exponents / self.rotary_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> Rope:
-        freqs = positions.float()[:, None] * self.inv_freq  # [tokens, rotary_dim / 2]
-        return freqs.cos().to(dtype)[:, None, :], freqs.sin().to(dtype)[:, None, :]
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of the first rotary_dim features of each head."""
-    rotary_dim = cos.shape[-1] * 2
-    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
-    even, odd = rot[..., 0::2], rot[..., 1::2]
-    rotated = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
-    return torch.cat((rotated, rest), dim=-1)
-
-
 class Glm4Attention(nn.Module):
-    def __init__(self, config: Glm4Config, layer_idx: int) -> None:
+    def __init__(self, config: TextModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
@@ -148,7 +120,7 @@ class Glm4Attention(nn.Module):
 
 
 class Glm4MLP(nn.Module):
-    def __init__(self, config: Glm4Config) -> None:
+    def __init__(self, config: TextModelConfig) -> None:
         super().__init__()
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
@@ -160,7 +132,7 @@ class Glm4MLP(nn.Module):
 
 
 class Glm4DecoderLayer(nn.Module):
-    def __init__(self, config: Glm4Config, layer_idx: int) -> None:
+    def __init__(self, config: TextModelConfig, layer_idx: int) -> None:
         super().__init__()
         eps = config.rms_norm_eps
         self.self_attn = Glm4Attention(config, layer_idx)
@@ -180,7 +152,7 @@ class Glm4DecoderLayer(nn.Module):
 
 
 class Glm4Model(nn.Module):
-    def __init__(self, config: Glm4Config) -> None:
+    def __init__(self, config: TextModelConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
@@ -200,7 +172,7 @@ class Glm4Model(nn.Module):
 
 
 class Glm4ForCausalLM(nn.Module):
-    def __init__(self, config: Glm4Config) -> None:
+    def __init__(self, config: TextModelConfig) -> None:
         super().__init__()
         self.config = config
         self.model = Glm4Model(config)
@@ -225,8 +197,9 @@ class Glm4ForCausalLM(nn.Module):
         cache: KVCache,
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final hidden states [tokens, hidden] of the packed tokens; ``inputs_embeds`` (e.g.
-        with multimodal embeddings spliced in) replaces the embedding lookup of input_ids."""
+        """Final hidden states [tokens, hidden] of the packed tokens. positions: [tokens], or
+        [3, tokens] (t, h, w) on an mRoPE model; ``inputs_embeds`` (e.g. with multimodal
+        embeddings spliced in) replaces the embedding lookup of input_ids."""
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
@@ -240,15 +213,19 @@ class Glm4ForCausalLM(nn.Module):
     def from_pretrained(
         cls, path: Path | str, dtype: torch.dtype, device: torch.device
     ) -> Glm4ForCausalLM:
-        """Load a Hugging Face Glm4ForCausalLM folder (config.json + *.safetensors)."""
-        path = Path(path)
-        config = Glm4Config.from_pretrained(path)
-        state = load_safetensors(path)
-        if "lm_head.weight" not in state and config.tie_word_embeddings:
-            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        """Load the text model of a Hugging Face checkpoint folder in place: a Glm4ForCausalLM,
+        or the language model of a Glm4vForConditionalGeneration (its vision tower's weights
+        are never read)."""
+        config = TextModelConfig.from_pretrained(path)
+        tensors = {f"model.{k}": v for k, v in read_tensors(path, config.weight_prefix).items()}
+        if config.tie_word_embeddings:
+            tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+        else:
+            tensors.update({f"lm_head.{k}": v for k, v in read_tensors(path, "lm_head.").items()})
+        # one tensor at a time: the checkpoint's copy is freed as the converted one is made
         state = {
-            name: tensor.to(device=device, dtype=dtype)
-            for name, tensor in state.items()
+            name: tensors.pop(name).to(device=device, dtype=dtype)
+            for name in sorted(tensors)
             if "rotary_emb" not in name
         }
         with torch.device("meta"):  # no random init of weights that are overwritten anyway

@@ -50,9 +50,14 @@ def prefill(
 
 
 def decode(
-    model: ServingGlm4, cache: KVCache, tokens: torch.Tensor, lengths: list[int]
+    model: ServingGlm4,
+    cache: KVCache,
+    tokens: torch.Tensor,
+    lengths: list[int],
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One batched decode step: token i goes to sequence i, which has lengths[i] cached."""
+    """One batched decode step: token i goes to sequence i, which has lengths[i] cached (and
+    by default the position lengths[i])."""
     longest = max(lengths) + 1
     kv = torch.stack([slots(i, 0, longest) for i in range(len(lengths))])
     mask = torch.arange(longest)[None, :] <= torch.tensor(lengths)[:, None]
@@ -64,7 +69,8 @@ def decode(
         decode_mask=mask[:, None, None, :],
     )
     with torch.inference_mode():
-        return model.logits(model(tokens, torch.tensor(lengths), batch, cache))
+        positions = torch.tensor(lengths) if positions is None else positions
+        return model.logits(model(tokens, positions, batch, cache))
 
 
 def test_prefill_then_32_cached_decode_steps_match_transformers(
