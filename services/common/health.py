@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -22,17 +19,3 @@ async def is_serving(channel: grpc.aio.Channel, service: str, timeout: float = 1
         return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-
-def wait_serving(target: str, service: str, timeout: float) -> bool:
-    """Block until `service` at `target` reports SERVING, or the timeout passes."""
-
-    async def poll() -> bool:
-        deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(target) as channel:
-            while time.monotonic() < deadline:
-                if await is_serving(channel, service):
-                    return True
-                await asyncio.sleep(0.2)
-        return False
-
-    return asyncio.run(poll())
