@@ -7,6 +7,8 @@ Errors are never caught here; ``gateway.errors`` maps them all.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import importlib.metadata
 import logging
 import re
@@ -156,33 +158,63 @@ async def _respond(
 router = APIRouter(prefix="/v1", dependencies=[Depends(_authenticate)], responses=ERROR_RESPONSES)
 
 
-@router.post(
-    "/chat/completions",
-    response_model=ChatCompletion,
-    responses=STREAM_RESPONSE,
-    summary="Create a chat completion (streamed as server-sent events when stream is true)",
-)
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+@dataclasses.dataclass(frozen=True)
+class _Completions:
+    """What differs between /v1/chat/completions and /v1/completions; the rest is shared."""
+
+    prepare: Callable[[Pipeline, Any, str], Awaitable[Job]]
+    collect: Callable[[Formatter, Job, AsyncIterator[ChoiceEvent]], Awaitable[Any]]
+    stream: Callable[[Formatter, Job, AsyncIterator[ChoiceEvent]], AsyncIterator[str]]
+
+
+CHAT = _Completions(Pipeline.prepare_chat, Formatter.chat_completion, Formatter.chat_stream)
+TEXT = _Completions(Pipeline.prepare_completion, Formatter.completion, Formatter.completion_stream)
+
+
+async def _complete(
+    request: Request, body: ChatCompletionRequest | CompletionRequest, kind: _Completions
+) -> Response:
     gateway = _gateway(request)
     gateway.check_model(body.model)
-    job = await gateway.pipeline.prepare_chat(body, _request_id(request))
+    job = await kind.prepare(gateway.pipeline, body, _request_id(request))
+    formatter = gateway.formatter
     return await _respond(
-        request, job, gateway.formatter.chat_completion, gateway.formatter.chat_stream
+        request,
+        job,
+        functools.partial(kind.collect, formatter),
+        functools.partial(kind.stream, formatter),
     )
 
 
-@router.post(
-    "/completions",
-    response_model=Completion,
-    responses=STREAM_RESPONSE,
-    summary="Create a text completion from a raw prompt (streamed when stream is true)",
-)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    return await _complete(request, body, CHAT)
+
+
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    gateway = _gateway(request)
-    gateway.check_model(body.model)
-    job = await gateway.pipeline.prepare_completion(body, _request_id(request))
-    return await _respond(
-        request, job, gateway.formatter.completion, gateway.formatter.completion_stream
+    return await _complete(request, body, TEXT)
+
+
+for _path, _endpoint, _model, _summary in (
+    (
+        "/chat/completions",
+        chat_completions,
+        ChatCompletion,
+        "Create a chat completion (streamed as server-sent events when stream is true)",
+    ),
+    (
+        "/completions",
+        completions,
+        Completion,
+        "Create a text completion from a raw prompt (streamed when stream is true)",
+    ),
+):
+    router.add_api_route(
+        _path,
+        _endpoint,
+        methods=["POST"],
+        response_model=_model,
+        responses=STREAM_RESPONSE,
+        summary=_summary,
     )
 
 
