@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             Bundle.load(args.bundle) if args.bundle else build_bundle(Path(tmp) / "bench", "bench")
         )
         config = DecoderConfig(
-            bundle=bundle.root, quant="none", device=str(device), dtype=args.dtype,
+            bundle=bundle.root, quantization="none", device=str(device), dtype=args.dtype,
             cpu_prepack=args.cpu_prepack,
             # passes resend the same prompts: a prefix cache would skip the engine's prefills
             enable_prefix_caching=False,

@@ -81,7 +81,7 @@ class Side:
 def load_engine(bundle: Bundle, device: torch.device, dtype: str, prefix_caching: bool) -> Engine:
     """The engine as the service builds it (FP weights, CPU prepack on the CPU)."""
     config = DecoderConfig(
-        bundle=bundle.root, quant="none", device=str(device), dtype=dtype,
+        bundle=bundle.root, quantization="none", device=str(device), dtype=dtype,
         enable_prefix_caching=prefix_caching,
     )  # fmt: skip
     return load_decoder(config).engine

@@ -132,7 +132,7 @@ def distortion(
 
 def load_engine(bundle: Bundle, variant: Variant, prompt: int, device: str) -> Engine:
     config = DecoderConfig(
-        bundle=bundle.root, quant=variant.quant, dtype=variant.dtype, device=device,
+        bundle=bundle.root, quantization=variant.quant, dtype=variant.dtype, device=device,
         max_total_tokens=4096,
     )  # fmt: skip
     engine = load_decoder(config).engine

@@ -6,13 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from services.common.config import ServiceConfig
+from services.common.config import ServiceConfig, help_text
 
 MIB = 1024 * 1024
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,50 +18,52 @@ class GatewayConfig(ServiceConfig):
     port: int = 8000
     # gRPC targets: "host:port", or "dns:///name:port" to balance over every address (round_robin).
     vision_target: str = dataclasses.field(
-        default="127.0.0.1:50051", metadata=_help("gRPC target of the vision encoder(s)")
+        default="127.0.0.1:50051", metadata=help_text("gRPC target of the vision encoder(s)")
     )
     audio_target: str = dataclasses.field(
-        default="127.0.0.1:50052", metadata=_help("gRPC target of the audio encoder(s)")
+        default="127.0.0.1:50052", metadata=help_text("gRPC target of the audio encoder(s)")
     )
     decoder_target: str = dataclasses.field(
-        default="127.0.0.1:50053", metadata=_help("gRPC target of the decoder")
+        default="127.0.0.1:50053", metadata=help_text("gRPC target of the decoder")
     )
     api_key: str = dataclasses.field(
-        default="", metadata=_help("bearer key clients must send; empty: no authentication")
+        default="", metadata=help_text("bearer key clients must send; empty: no authentication")
     )
     request_timeout_s: float = dataclasses.field(
-        default=600.0, metadata=_help("deadline of one request, encoders and decoder together")
+        default=600.0, metadata=help_text("deadline of one request, encoders and decoder together")
     )
     default_max_tokens: int = dataclasses.field(
-        default=1024, metadata=_help("completion length when a request sets no max_tokens")
+        default=1024, metadata=help_text("completion length when a request sets no max_tokens")
     )
-    max_body_mb: int = dataclasses.field(default=64, metadata=_help("largest request body"))
+    max_body_mb: int = dataclasses.field(default=64, metadata=help_text("largest request body"))
     max_images_per_request: int = dataclasses.field(
-        default=16, metadata=_help("most images in one request")
+        default=16, metadata=help_text("most images in one request")
     )
     max_audios_per_request: int = dataclasses.field(
-        default=4, metadata=_help("most audio clips in one request")
+        default=4, metadata=help_text("most audio clips in one request")
     )
-    max_image_mb: int = dataclasses.field(default=20, metadata=_help("largest image file"))
+    max_image_mb: int = dataclasses.field(default=20, metadata=help_text("largest image file"))
     max_image_pixels: int = dataclasses.field(
-        default=40_000_000, metadata=_help("largest image width*height, read from its header")
+        default=40_000_000, metadata=help_text("largest image width*height, read from its header")
     )
-    max_audio_mb: int = dataclasses.field(default=25, metadata=_help("largest audio file"))
+    max_audio_mb: int = dataclasses.field(default=25, metadata=help_text("largest audio file"))
     max_audio_seconds: float = dataclasses.field(
-        default=600.0, metadata=_help("longest audio clip, read from its header")
+        default=600.0, metadata=help_text("longest audio clip, read from its header")
     )
     image_url_allowlist: tuple[str, ...] = dataclasses.field(
-        default=(), metadata=_help("hosts http(s) image_url may be fetched from (empty: none)")
+        default=(), metadata=help_text("hosts http(s) image_url may be fetched from (empty: none)")
     )
     image_fetch_timeout_s: float = dataclasses.field(
-        default=10.0, metadata=_help("time limit for fetching one allowlisted image URL")
+        default=10.0, metadata=help_text("time limit for fetching one allowlisted image URL")
     )
     keep_reasoning_inline: bool = dataclasses.field(
         default=False,
-        metadata=_help("keep <think>...</think> inline in content unless a request says otherwise"),
+        metadata=help_text(
+            "keep <think>...</think> inline in content unless a request says otherwise"
+        ),
     )
     embedding_cache_mb: int = dataclasses.field(
-        default=256, metadata=_help("encoder outputs kept by content hash (0: no cache)")
+        default=256, metadata=help_text("encoder outputs kept by content hash (0: no cache)")
     )
 
     def __post_init__(self) -> None:

@@ -24,7 +24,7 @@ from types import FrameType
 from typing import IO, ClassVar
 
 from bundle.layout import Bundle
-from services.common.config import ServiceConfig
+from services.common.config import ServiceConfig, help_text
 from services.common.grpc_server import SHUTDOWN_GRACE_S
 from services.health_probe import GRPC_SERVICE_NAMES, grpc_ready, http_ready
 
@@ -32,10 +32,6 @@ SERVICES = ("vision", "audio", "decoder", "gateway")
 POLL_S = 0.5
 # A child gets the servers' own grace period to drain, plus a little, before it is killed.
 STOP_TIMEOUT_S = SHUTDOWN_GRACE_S + 5
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,21 +44,24 @@ class LauncherConfig(ServiceConfig):
     ENV_PREFIX: ClassVar[str] = "UP"
 
     port: int = dataclasses.field(
-        default=0, metadata=_help("unused: up takes --vision-port ... --gateway-port instead")
+        default=0, metadata=help_text("unused: up takes --vision-port ... --gateway-port instead")
     )
-    vision_port: int = dataclasses.field(default=50051, metadata=_help("vision gRPC port"))
-    audio_port: int = dataclasses.field(default=50052, metadata=_help("audio gRPC port"))
-    decoder_port: int = dataclasses.field(default=50053, metadata=_help("decoder gRPC port"))
-    gateway_port: int = dataclasses.field(default=8000, metadata=_help("gateway HTTP port"))
-    vision_device: str = dataclasses.field(default="", metadata=_help("empty: --device"))
-    audio_device: str = dataclasses.field(default="", metadata=_help("empty: --device"))
-    decoder_device: str = dataclasses.field(default="", metadata=_help("empty: --device"))
-    gateway_device: str = dataclasses.field(default="", metadata=_help("empty: --device"))
-    decoder_quant: str = dataclasses.field(
-        default="", metadata=_help("decoder weights: gptq, nf4, int8 or none; empty: its default")
+    vision_port: int = dataclasses.field(default=50051, metadata=help_text("vision gRPC port"))
+    audio_port: int = dataclasses.field(default=50052, metadata=help_text("audio gRPC port"))
+    decoder_port: int = dataclasses.field(default=50053, metadata=help_text("decoder gRPC port"))
+    gateway_port: int = dataclasses.field(default=8000, metadata=help_text("gateway HTTP port"))
+    vision_device: str = dataclasses.field(default="", metadata=help_text("empty: --device"))
+    audio_device: str = dataclasses.field(default="", metadata=help_text("empty: --device"))
+    decoder_device: str = dataclasses.field(default="", metadata=help_text("empty: --device"))
+    gateway_device: str = dataclasses.field(default="", metadata=help_text("empty: --device"))
+    decoder_quantization: str = dataclasses.field(
+        default="",
+        metadata=help_text(
+            "decoder weights: gptq, nf4, int8 or none; empty: its default", name="decoder_quant"
+        ),
     )
     startup_timeout_s: float = dataclasses.field(
-        default=600.0, metadata=_help("how long the stack may take to become ready")
+        default=600.0, metadata=help_text("how long the stack may take to become ready")
     )
 
     def __post_init__(self) -> None:
@@ -114,8 +113,8 @@ class LauncherConfig(ServiceConfig):
             "--max-message-mb", str(self.max_message_mb),
             "--log-level", self.log_level,
         ]  # fmt: skip
-        if service == "decoder" and self.decoder_quant:
-            args += ["--quant", self.decoder_quant]
+        if service == "decoder" and self.decoder_quantization:
+            args += ["--quant", self.decoder_quantization]
         if service == "gateway":
             for backend in GRPC_SERVICE_NAMES:
                 args += [f"--{backend}-target", self.target_of(backend)]

@@ -56,7 +56,7 @@ def test_up_reads_the_same_variables_as_the_services() -> None:
     assert config.bundle == Path("/srv/bundle")
     assert (config.vision_port, config.audio_port, config.gateway_port) == (6001, 6002, 9000)
     assert [config.device_of(name) for name in SERVICES] == ["cpu", "cpu", "cuda:1", "cpu"]
-    assert (config.decoder_quant, config.startup_timeout_s) == ("none", 30.0)
+    assert (config.decoder_quantization, config.startup_timeout_s) == ("none", 30.0)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_each_child_gets_a_valid_command_with_the_stack_settings() -> None:
         host="0.0.0.0",
         device="cpu",
         decoder_device="cuda:0",
-        decoder_quant="none",
+        decoder_quantization="none",
         vision_port=7001,
         audio_port=7002,
         decoder_port=7003,
@@ -90,7 +90,7 @@ def test_each_child_gets_a_valid_command_with_the_stack_settings() -> None:
     for name, args in parsed.items():
         assert (args.service, args.bundle, args.host) == (name, Path("/b"), "0.0.0.0")
         assert (args.port, args.device) == (config.port_of(name), config.device_of(name))
-    assert parsed["decoder"].quant == "none"
+    assert parsed["decoder"].quantization == "none"
     gateway = parsed["gateway"]
     # A wildcard bind address is not a place to connect to.
     targets = (gateway.vision_target, gateway.audio_target, gateway.decoder_target)

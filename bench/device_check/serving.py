@@ -76,7 +76,7 @@ def greedy(decoder: LoadedDecoder, prompts: list[tuple[int, ...]]) -> list[tuple
 def check_decoder(bundle: Path, device: torch.device, quant: str, probe: Probe) -> None:
     prompts = prompt_ids(bundle)
     release(device)
-    decoder = load_decoder(DecoderConfig(bundle=bundle, device=str(device), quant=quant))
+    decoder = load_decoder(DecoderConfig(bundle=bundle, device=str(device), quantization=quant))
     info = decoder.info()
     probe.record(device=info.device, dtype=info.dtype, quantization=info.quantization)
     probe.require(info.device == str(device), f"Info reports device {device}")
@@ -97,7 +97,7 @@ def check_decoder(bundle: Path, device: torch.device, quant: str, probe: Probe) 
 
     # The reference: the same engine on the CPU, at the dtype the device ran.
     reference = load_decoder(
-        DecoderConfig(bundle=bundle, device="cpu", quant=quant, dtype=info.dtype)
+        DecoderConfig(bundle=bundle, device="cpu", quantization=quant, dtype=info.dtype)
     )
     want = greedy(reference, prompts)
     pairs = [(a, b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=False)]

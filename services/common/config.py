@@ -56,6 +56,16 @@ class ServiceConfig:
         return f"{self.host}:{self.port}"
 
 
+def help_text(text: str, *, name: str = "") -> dict[str, str]:
+    """Field metadata: the flag's --help line and, when users know the setting by another name
+    than the field's (``--quant`` for ``quantization``), that name: its --flag and variable."""
+    return {"help": text, "name": name} if name else {"help": text}
+
+
+def _public_name(f: dataclasses.Field[Any]) -> str:
+    return str(f.metadata.get("name", f.name))
+
+
 def _is_cuda_device(device: str) -> bool:
     if device == "cuda":
         return True
@@ -91,20 +101,33 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[ServiceConfig]) -
     """One --flag per field; flags default to None so an unset flag falls through to env."""
     for f in dataclasses.fields(cls):
         kind = _field_type(cls, f.name)
-        flag = "--" + f.name.replace("_", "-")
+        public = _public_name(f)
         default = f.default
         if default is dataclasses.MISSING:
             default = f.default_factory()  # type: ignore[misc,operator]
-        var = env.declared_name(cls.ENV_PREFIX, f.name)
+        var = env.declared_name(cls.ENV_PREFIX, public)
         shown = ",".join(default) if isinstance(default, tuple) else default
-        help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} (default: {shown}" + (f"; env {var})" if var else ")")
+        described = f.metadata.get("help", "")
+        described = f"{described} (default: {shown}" + (f"; env {var})" if var else ")")
+        # dest is the field; the flag and its metavar keep the name users know
+        flag = "--" + public.replace("_", "-")
         if kind is bool:
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+                flag,
+                action=argparse.BooleanOptionalAction,
+                dest=f.name,
+                default=None,
+                help=described,
             )
         else:
-            parser.add_argument(flag, type=_parser_for(kind), default=None, help=help_text)
+            parser.add_argument(
+                flag,
+                type=_parser_for(kind),
+                dest=f.name,
+                metavar=public.upper(),
+                default=None,
+                help=described,
+            )
 
 
 def config_from_args(
@@ -118,7 +141,7 @@ def config_from_args(
         if given is not None:
             values[f.name] = given
             continue
-        found = env.lookup(cls.ENV_PREFIX, f.name, environ)
+        found = env.lookup(cls.ENV_PREFIX, _public_name(f), environ)
         if found is not None:
             name, raw = found
             try:

@@ -18,4 +18,3 @@ async def is_serving(channel: grpc.aio.Channel, service: str, timeout: float = 1
     except grpc.aio.AioRpcError:
         return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from services.common.config import ServiceConfig
+from services.common.config import ServiceConfig, help_text
 
 QUANT_CHOICES = ("gptq", "nf4", "int8", "none")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -16,46 +16,56 @@ class DecoderConfig(ServiceConfig):
     ENV_PREFIX: ClassVar[str] = "DECODER"
 
     port: int = 50053
-    quant: str = dataclasses.field(
-        default="gptq", metadata={"help": "decoder weights: gptq, nf4, int8 or none"}
+    # users set it as --quant / AUTOGLM_DECODER_QUANT
+    quantization: str = dataclasses.field(
+        default="gptq", metadata=help_text("decoder weights: gptq, nf4, int8 or none", name="quant")
     )
     dtype: str = dataclasses.field(
         default="auto",
-        metadata={"help": "activation dtype: auto (bfloat16 on CUDA; on CPU float32, or bfloat16 "
-                  "with quantized weights), float32, bfloat16 or float16"},
-    )  # fmt: skip
+        metadata=help_text(
+            "activation dtype: auto (bfloat16 on CUDA; on CPU float32, or bfloat16 with quantized "
+            "weights), float32, bfloat16 or float16"
+        ),
+    )
     max_running_requests: int = dataclasses.field(
-        default=16, metadata={"help": "requests decoded together in one batch"}
+        default=16, metadata=help_text("requests decoded together in one batch")
     )
     max_total_tokens: int = dataclasses.field(
-        default=16384, metadata={"help": "KV cache capacity in tokens, shared by all requests"}
+        default=16384, metadata=help_text("KV cache capacity in tokens, shared by all requests")
     )
     max_model_len: int = dataclasses.field(
         default=0,
-        metadata={"help": "longest prompt + completion; 0 = the model's context length, "
-                  "capped at max_total_tokens"},
-    )  # fmt: skip
+        metadata=help_text(
+            "longest prompt + completion; 0 = the model's context length, capped at "
+            "max_total_tokens"
+        ),
+    )
     prefill_chunk_tokens: int = dataclasses.field(
-        default=512, metadata={"help": "prompt tokens prefilled per engine step (chunked prefill)"}
+        default=512, metadata=help_text("prompt tokens prefilled per engine step (chunked prefill)")
     )
     kv_block_size: int = dataclasses.field(
-        default=16, metadata={"help": "tokens per KV cache block"}
+        default=16, metadata=help_text("tokens per KV cache block")
     )
     cpu_prepack: bool = dataclasses.field(
         default=True,
-        metadata={"help": "on the CPU, reorder the FP Linear weights once for oneDNN "
-                  "(1.2-3.7x faster GEMMs than plain torch)"},
-    )  # fmt: skip
+        metadata=help_text(
+            "on the CPU, reorder the FP Linear weights once for oneDNN (1.2-3.7x faster GEMMs "
+            "than plain torch)"
+        ),
+    )
     enable_prefix_caching: bool = dataclasses.field(
         default=True,
-        metadata={"help": "reuse the KV cache blocks of a prompt prefix seen before "
-                  "(automatic prefix caching)"},
-    )  # fmt: skip
+        metadata=help_text(
+            "reuse the KV cache blocks of a prompt prefix seen before (automatic prefix caching)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.quant not in QUANT_CHOICES:
-            raise ValueError(f"quant must be one of {QUANT_CHOICES}, got {self.quant!r}")
+        if self.quantization not in QUANT_CHOICES:
+            raise ValueError(
+                f"quantization (--quant) must be one of {QUANT_CHOICES}, got {self.quantization!r}"
+            )
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}")
         if self.max_running_requests < 1:

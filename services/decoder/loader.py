@@ -52,7 +52,7 @@ class LoadedDecoder:
         )
 
 
-def resolve_dtype(name: str, device: torch.device, quant: str = "none") -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, quantization: str = "none") -> torch.dtype:
     """auto: bfloat16 on a GPU that has it, else float16. On the CPU, float32 for FP weights
     (exact parity with transformers) but bfloat16 around quantized ones: the int4 and
     bitsandbytes kernels compute in 16 bits anyway, and the fp32 remainder would double the
@@ -60,7 +60,7 @@ def resolve_dtype(name: str, device: torch.device, quant: str = "none") -> torch
     if name != "auto":
         return DTYPES[name]
     if device.type != "cuda":
-        return torch.float32 if quant == "none" else torch.bfloat16
+        return torch.float32 if quantization == "none" else torch.bfloat16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
@@ -80,9 +80,9 @@ def load_decoder(config: DecoderConfig) -> LoadedDecoder:
 
     bundle = Bundle.load(config.bundle)
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device, config.quant)
+    dtype = resolve_dtype(config.dtype, device, config.quantization)
     model = Glm4ForCausalLM.from_pretrained(bundle.decoder, dtype, device)
-    label = apply_quantization(model, config.quant, bundle, device)
+    label = apply_quantization(model, config.quantization, bundle, device)
     if config.cpu_prepack and device.type == "cpu":
         log.info("%d Linear layers repacked for oneDNN", prepack_linears(model))
     model_config = model.config

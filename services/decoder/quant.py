@@ -26,23 +26,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def apply_quantization(model: nn.Module, quant: str, bundle: Bundle, device: torch.device) -> str:
+def apply_quantization(
+    model: nn.Module, quantization: str, bundle: Bundle, device: torch.device
+) -> str:
     """Replace the decoder layers' Linear modules in place; return a label for logs and Info."""
-    if quant == "none":
+    if quantization == "none":
         return "none"
-    if quant == "gptq":
+    if quantization == "gptq":
         return _apply_gptq(model, Path(bundle.decoder_gptq), device)
-    if quant == "nf4":
+    if quantization == "nf4":
         from services.decoder.bnb_layers import nf4_linear
 
         _replace_linears(model, lambda _, linear: nf4_linear(linear, device))
         return "nf4"
-    if quant == "int8":
+    if quantization == "int8":
         from services.decoder.bnb_layers import int8_linear
 
         _replace_linears(model, lambda _, linear: int8_linear(linear, device))
         return "int8"
-    raise ValueError(f"unknown decoder quantization {quant!r}; choose one of {QUANT_CHOICES}")
+    raise ValueError(
+        f"unknown decoder quantization {quantization!r}; choose one of {QUANT_CHOICES}"
+    )
 
 
 def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:

@@ -21,14 +21,18 @@ def test_flags_beat_variables_which_beat_defaults() -> None:
         ["--quant", "none", "--max-running-requests", "4"],
         {"AUTOGLM_DECODER_QUANT": "nf4", "AUTOGLM_DECODER_MAX_TOTAL_TOKENS": "2048"},
     )
-    assert (config.quant, config.max_running_requests, config.max_total_tokens) == ("none", 4, 2048)
+    assert (config.quantization, config.max_running_requests, config.max_total_tokens) == (
+        "none",
+        4,
+        2048,
+    )
     assert (config.port, config.dtype, config.prefill_chunk_tokens) == (50053, "auto", 512)
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        {"quant": "awq"},
+        {"quantization": "awq"},
         {"dtype": "float64"},
         {"max_running_requests": 0},
         {"max_total_tokens": 8, "kv_block_size": 16},

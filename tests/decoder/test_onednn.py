@@ -58,7 +58,7 @@ def test_only_plain_linears_are_swapped_quantized_layers_keep_their_kernels() ->
 def test_the_cpu_service_repacks_unless_told_not_to(
     bundle_dir: Path, prepack: bool, quant: str
 ) -> None:
-    config = DecoderConfig(bundle=bundle_dir, device="cpu", quant=quant, cpu_prepack=prepack)
+    config = DecoderConfig(bundle=bundle_dir, device="cpu", quantization=quant, cpu_prepack=prepack)
     model = load_decoder(config).engine.model
     assert isinstance(model.lm_head, OneDnnLinear if prepack else nn.Linear)
     q_proj = model.model.layers[0].self_attn.q_proj
