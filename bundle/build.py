@@ -7,9 +7,10 @@ standard Hugging Face folders, because no model hub is reachable from CI.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -101,10 +102,7 @@ def build_bundle(root: Path | str, preset: str = "default") -> Bundle:
     """Write a complete bundle at root (atomically: built beside it, then renamed)."""
     if preset not in presets.PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {presets.PRESETS}")
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
+    with staged(root) as staging:
         decoder = _build_decoder(staging / "decoder", preset)
         vision = _build_vision(staging / "vision")
         audio = _build_audio(staging / "audio")
@@ -114,19 +112,20 @@ def build_bundle(root: Path | str, preset: str = "default") -> Bundle:
             served_model_name=SERVED_MODEL_NAME,
             parts={part: part for part in ("decoder", "vision", "audio", "fusion")},
         ).save()
+    return Bundle.load(root)
+
+
+@contextlib.contextmanager
+def staged(root: Path | str) -> Iterator[Path]:
+    """A fresh folder beside root that replaces root when the block succeeds, so a failed or
+    interrupted build never leaves half a bundle where a complete one is expected."""
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        yield staging
         if root.exists():
             shutil.rmtree(root)
         staging.rename(root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Bundle.load(root)
-
-
-def cli(args: argparse.Namespace) -> int:
-    root = Path(args.path)
-    if (root / "bundle.json").exists() and not args.force:
-        print(f"bundle already at {root} (use --force to rebuild)")
-        return 0
-    bundle = build_bundle(root, args.preset)
-    print(f"built the {args.preset} bundle at {bundle.root}")
-    return 0

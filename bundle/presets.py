@@ -39,3 +39,6 @@ AUDIO: dict[str, Any] = dict(
 FUSION: dict[str, Any] = dict(num_attention_heads=4, num_layers=1)
 
 PRESETS = tuple(DECODER)
+# `autoglm bundle init --preset NAME` for GLM-4.1V-shaped bundles: NAME -> bundle/glm4v.py preset.
+GLM4V_PRESETS = {"phone": "phone", "glm4v-tiny": "tiny"}
+BUNDLE_PRESETS = PRESETS + tuple(GLM4V_PRESETS)

@@ -1,4 +1,4 @@
-"""The `autoglm` command: bundle init, quantize, serve <service>, up.
+"""The `autoglm` command: bundle init, bundle import, quantize, serve <service>, up.
 
 Every service is configured the same way: its frozen dataclass config becomes the flags
 (``services.common.config``). Heavy imports happen only for the subcommand that runs.
@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bundle.presets import PRESETS
+from bundle.layout import SERVED_MODEL_NAME
+from bundle.presets import BUNDLE_PRESETS
 from services.common.config import add_config_args, config_from_args
 
 # service -> (module.Class of its config, module.function that runs it)
@@ -44,11 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     bundle = commands.add_parser("bundle", help="model bundles")
     bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
-    init = bundle_commands.add_parser("init", help="build the default bundle deterministically")
+    init = bundle_commands.add_parser("init", help="build a bundle with seeded random weights")
     init.add_argument("path", nargs="?", default="models/default")
-    init.add_argument("--preset", choices=PRESETS, default="default")
+    init.add_argument("--preset", choices=BUNDLE_PRESETS, default="default")
     init.add_argument("--force", action="store_true", help="rebuild even if the bundle exists")
-    init.set_defaults(run="bundle.build:cli")
+    init.set_defaults(run="bundle.init:cli")
+    imports = bundle_commands.add_parser(
+        "import", help="serve a Hugging Face checkpoint (GLM-4.1V or GLM-4) without copying it"
+    )
+    imports.add_argument("checkpoint", help="the checkpoint folder (config.json, safetensors...)")
+    imports.add_argument(
+        "bundle", nargs="?", default=None,
+        help="where bundle.json goes: the checkpoint folder (default) or a folder holding it",
+    )  # fmt: skip
+    imports.add_argument("--served-model-name", default=SERVED_MODEL_NAME)
+    imports.set_defaults(run="bundle.hf_import:cli")
 
     quantize = commands.add_parser("quantize", help="GPTQ-quantize a bundle's decoder")
     _load("quantize.cli:add_arguments")(quantize)
