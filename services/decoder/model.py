@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 from transformers.activations import ACT2FN
 
@@ -29,17 +28,6 @@ from bundle.checkpoint import read_tensors
 from services.decoder.kv_cache import ForwardBatch, KVCache, PrefillSpan
 from services.decoder.rope import Rope, RotaryEmbedding, apply_rotary
 from services.decoder.text_config import TextModelConfig
-
-
-def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a Hugging Face folder's ``*.safetensors`` files (one file or shards)."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
-    tensors: dict[str, torch.Tensor] = {}
-    for file in files:
-        tensors.update(load_file(file))
-    return tensors
 
 
 class RMSNorm(nn.Module):

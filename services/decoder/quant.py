@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from bundle.checkpoint import read_tensors
 from quantize.checkpoint import QUANT_PARTS, read_quant_config
 from services.decoder.config import QUANT_CHOICES
 from services.decoder.gptq_linear import GPTQLinear
-from services.decoder.model import load_safetensors
 
 if TYPE_CHECKING:
     from bundle.layout import Bundle
@@ -72,7 +72,7 @@ def _apply_gptq(model: nn.Module, folder: Path, device: torch.device) -> str:
             "(or serve the decoder with --quant none, nf4 or int8)"
         )
     config = read_quant_config(folder)
-    tensors = load_safetensors(folder)
+    tensors = read_tensors(folder, "")  # a whole model: every tensor of it
     used: set[str] = set()
 
     def build(name: str, linear: nn.Linear) -> nn.Module:
