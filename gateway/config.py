@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from services.common.config import ServiceConfig, help_text
+from services.common.config import ServiceConfig, setting
 
 MIB = 1024 * 1024
 
@@ -17,54 +17,31 @@ class GatewayConfig(ServiceConfig):
 
     port: int = 8000
     # gRPC targets: "host:port", or "dns:///name:port" to balance over every address (round_robin).
-    vision_target: str = dataclasses.field(
-        default="127.0.0.1:50051", metadata=help_text("gRPC target of the vision encoder(s)")
+    vision_target: str = setting("127.0.0.1:50051", "gRPC target of the vision encoder(s)")
+    audio_target: str = setting("127.0.0.1:50052", "gRPC target of the audio encoder(s)")
+    decoder_target: str = setting("127.0.0.1:50053", "gRPC target of the decoder")
+    api_key: str = setting("", "bearer key clients must send; empty: no authentication")
+    request_timeout_s: float = setting(
+        600.0, "deadline of one request, encoders and decoder together"
     )
-    audio_target: str = dataclasses.field(
-        default="127.0.0.1:50052", metadata=help_text("gRPC target of the audio encoder(s)")
+    default_max_tokens: int = setting(1024, "completion length when a request sets no max_tokens")
+    max_body_mb: int = setting(64, "largest request body")
+    max_images_per_request: int = setting(16, "most images in one request")
+    max_audios_per_request: int = setting(4, "most audio clips in one request")
+    max_image_mb: int = setting(20, "largest image file")
+    max_image_pixels: int = setting(40_000_000, "largest image width*height, read from its header")
+    max_audio_mb: int = setting(25, "largest audio file")
+    max_audio_seconds: float = setting(600.0, "longest audio clip, read from its header")
+    image_url_allowlist: tuple[str, ...] = setting(
+        (), "hosts http(s) image_url may be fetched from (empty: none)"
     )
-    decoder_target: str = dataclasses.field(
-        default="127.0.0.1:50053", metadata=help_text("gRPC target of the decoder")
+    image_fetch_timeout_s: float = setting(
+        10.0, "time limit for fetching one allowlisted image URL"
     )
-    api_key: str = dataclasses.field(
-        default="", metadata=help_text("bearer key clients must send; empty: no authentication")
+    keep_reasoning_inline: bool = setting(
+        False, "keep <think>...</think> inline in content unless a request says otherwise"
     )
-    request_timeout_s: float = dataclasses.field(
-        default=600.0, metadata=help_text("deadline of one request, encoders and decoder together")
-    )
-    default_max_tokens: int = dataclasses.field(
-        default=1024, metadata=help_text("completion length when a request sets no max_tokens")
-    )
-    max_body_mb: int = dataclasses.field(default=64, metadata=help_text("largest request body"))
-    max_images_per_request: int = dataclasses.field(
-        default=16, metadata=help_text("most images in one request")
-    )
-    max_audios_per_request: int = dataclasses.field(
-        default=4, metadata=help_text("most audio clips in one request")
-    )
-    max_image_mb: int = dataclasses.field(default=20, metadata=help_text("largest image file"))
-    max_image_pixels: int = dataclasses.field(
-        default=40_000_000, metadata=help_text("largest image width*height, read from its header")
-    )
-    max_audio_mb: int = dataclasses.field(default=25, metadata=help_text("largest audio file"))
-    max_audio_seconds: float = dataclasses.field(
-        default=600.0, metadata=help_text("longest audio clip, read from its header")
-    )
-    image_url_allowlist: tuple[str, ...] = dataclasses.field(
-        default=(), metadata=help_text("hosts http(s) image_url may be fetched from (empty: none)")
-    )
-    image_fetch_timeout_s: float = dataclasses.field(
-        default=10.0, metadata=help_text("time limit for fetching one allowlisted image URL")
-    )
-    keep_reasoning_inline: bool = dataclasses.field(
-        default=False,
-        metadata=help_text(
-            "keep <think>...</think> inline in content unless a request says otherwise"
-        ),
-    )
-    embedding_cache_mb: int = dataclasses.field(
-        default=256, metadata=help_text("encoder outputs kept by content hash (0: no cache)")
-    )
+    embedding_cache_mb: int = setting(256, "encoder outputs kept by content hash (0: no cache)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -24,7 +24,7 @@ from types import FrameType
 from typing import IO, ClassVar
 
 from bundle.layout import Bundle
-from services.common.config import ServiceConfig, help_text
+from services.common.config import ServiceConfig, setting
 from services.common.grpc_server import SHUTDOWN_GRACE_S
 from services.health_probe import GRPC_SERVICE_NAMES, grpc_ready, http_ready
 
@@ -43,26 +43,19 @@ class LauncherConfig(ServiceConfig):
     # the same variable `autoglm serve vision` reads.
     ENV_PREFIX: ClassVar[str] = "UP"
 
-    port: int = dataclasses.field(
-        default=0, metadata=help_text("unused: up takes --vision-port ... --gateway-port instead")
+    port: int = setting(0, "unused: up takes --vision-port ... --gateway-port instead")
+    vision_port: int = setting(50051, "vision gRPC port")
+    audio_port: int = setting(50052, "audio gRPC port")
+    decoder_port: int = setting(50053, "decoder gRPC port")
+    gateway_port: int = setting(8000, "gateway HTTP port")
+    vision_device: str = setting("", "empty: --device")
+    audio_device: str = setting("", "empty: --device")
+    decoder_device: str = setting("", "empty: --device")
+    gateway_device: str = setting("", "empty: --device")
+    decoder_quantization: str = setting(
+        "", "decoder weights: gptq, nf4, int8 or none; empty: its default", name="decoder_quant"
     )
-    vision_port: int = dataclasses.field(default=50051, metadata=help_text("vision gRPC port"))
-    audio_port: int = dataclasses.field(default=50052, metadata=help_text("audio gRPC port"))
-    decoder_port: int = dataclasses.field(default=50053, metadata=help_text("decoder gRPC port"))
-    gateway_port: int = dataclasses.field(default=8000, metadata=help_text("gateway HTTP port"))
-    vision_device: str = dataclasses.field(default="", metadata=help_text("empty: --device"))
-    audio_device: str = dataclasses.field(default="", metadata=help_text("empty: --device"))
-    decoder_device: str = dataclasses.field(default="", metadata=help_text("empty: --device"))
-    gateway_device: str = dataclasses.field(default="", metadata=help_text("empty: --device"))
-    decoder_quantization: str = dataclasses.field(
-        default="",
-        metadata=help_text(
-            "decoder weights: gptq, nf4, int8 or none; empty: its default", name="decoder_quant"
-        ),
-    )
-    startup_timeout_s: float = dataclasses.field(
-        default=600.0, metadata=help_text("how long the stack may take to become ready")
-    )
+    startup_timeout_s: float = setting(600.0, "how long the stack may take to become ready")
 
     def __post_init__(self) -> None:
         super().__post_init__()

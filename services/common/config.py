@@ -20,6 +20,7 @@ from typing import Any, ClassVar, TypeVar
 from services.common import env
 
 C = TypeVar("C", bound="ServiceConfig")
+T = TypeVar("T")
 
 DEFAULT_BUNDLE = Path("models/default")
 
@@ -56,10 +57,11 @@ class ServiceConfig:
         return f"{self.host}:{self.port}"
 
 
-def help_text(text: str, *, name: str = "") -> dict[str, str]:
-    """Field metadata: the flag's --help line and, when users know the setting by another name
-    than the field's (``--quant`` for ``quantization``), that name: its --flag and variable."""
-    return {"help": text, "name": name} if name else {"help": text}
+def setting(default: T, text: str, *, name: str = "") -> T:
+    """A config field: its default, its --help line and, when users know the setting by another
+    name than the field's (``--quant`` for ``quantization``), that name: its --flag and variable."""
+    metadata = {"help": text, "name": name} if name else {"help": text}
+    return typing.cast(T, dataclasses.field(default=default, metadata=metadata))
 
 
 def _public_name(f: dataclasses.Field[Any]) -> str:

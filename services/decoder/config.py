@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from services.common.config import ServiceConfig, help_text
+from services.common.config import ServiceConfig, setting
 
 QUANT_CHOICES = ("gptq", "nf4", "int8", "none")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -17,47 +17,28 @@ class DecoderConfig(ServiceConfig):
 
     port: int = 50053
     # users set it as --quant / AUTOGLM_DECODER_QUANT
-    quantization: str = dataclasses.field(
-        default="gptq", metadata=help_text("decoder weights: gptq, nf4, int8 or none", name="quant")
+    quantization: str = setting("gptq", "decoder weights: gptq, nf4, int8 or none", name="quant")
+    dtype: str = setting(
+        "auto",
+        "activation dtype: auto (bfloat16 on CUDA; on CPU float32, or bfloat16 with quantized "
+        "weights), float32, bfloat16 or float16",
     )
-    dtype: str = dataclasses.field(
-        default="auto",
-        metadata=help_text(
-            "activation dtype: auto (bfloat16 on CUDA; on CPU float32, or bfloat16 with quantized "
-            "weights), float32, bfloat16 or float16"
-        ),
+    max_running_requests: int = setting(16, "requests decoded together in one batch")
+    max_total_tokens: int = setting(16384, "KV cache capacity in tokens, shared by all requests")
+    max_model_len: int = setting(
+        0, "longest prompt + completion; 0 = the model's context length, capped at max_total_tokens"
     )
-    max_running_requests: int = dataclasses.field(
-        default=16, metadata=help_text("requests decoded together in one batch")
+    prefill_chunk_tokens: int = setting(
+        512, "prompt tokens prefilled per engine step (chunked prefill)"
     )
-    max_total_tokens: int = dataclasses.field(
-        default=16384, metadata=help_text("KV cache capacity in tokens, shared by all requests")
+    kv_block_size: int = setting(16, "tokens per KV cache block")
+    cpu_prepack: bool = setting(
+        True,
+        "on the CPU, reorder the FP Linear weights once for oneDNN (1.2-3.7x faster GEMMs "
+        "than plain torch)",
     )
-    max_model_len: int = dataclasses.field(
-        default=0,
-        metadata=help_text(
-            "longest prompt + completion; 0 = the model's context length, capped at "
-            "max_total_tokens"
-        ),
-    )
-    prefill_chunk_tokens: int = dataclasses.field(
-        default=512, metadata=help_text("prompt tokens prefilled per engine step (chunked prefill)")
-    )
-    kv_block_size: int = dataclasses.field(
-        default=16, metadata=help_text("tokens per KV cache block")
-    )
-    cpu_prepack: bool = dataclasses.field(
-        default=True,
-        metadata=help_text(
-            "on the CPU, reorder the FP Linear weights once for oneDNN (1.2-3.7x faster GEMMs "
-            "than plain torch)"
-        ),
-    )
-    enable_prefix_caching: bool = dataclasses.field(
-        default=True,
-        metadata=help_text(
-            "reuse the KV cache blocks of a prompt prefix seen before (automatic prefix caching)"
-        ),
+    enable_prefix_caching: bool = setting(
+        True, "reuse the KV cache blocks of a prompt prefix seen before (automatic prefix caching)"
     )
 
     def __post_init__(self) -> None:
