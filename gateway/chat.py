@@ -3,7 +3,9 @@
 The bundle's chat template (the decoder folder's, rendered by transformers'
 ``apply_chat_template``) decides the layout; it renders a media part as
 ``<|begin_of_image|><|image|><|end_of_image|>`` and the gateway widens the single ``<|image|>``
-to as many ids as that image has embedding rows (same for audio).
+to as many ids as that image has tokens (same for audio). Which token is the image placeholder
+comes from the checkpoint (config.json ``image_token_id``, as GLM-4.1V's has); the default
+bundle's decoder has none and uses ``<|image|>`` and ``<|audio|>``.
 
 Text from the request never goes through the template's tokenization: each text is replaced by
 a marker holding a per-render random nonce, the template renders around the markers, and then
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from jinja2 import TemplateError
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from gateway.protocol import (
     AssistantMessage,
@@ -85,8 +87,10 @@ class _TextMarkers:
 
 
 def _content(content: Any, markers: _TextMarkers) -> Any:
-    if content is None or isinstance(content, str):
-        return None if content is None else markers.mark(content)
+    if content is None:  # an assistant turn with tool calls only; "None" must not render
+        return ""
+    if isinstance(content, str):
+        return markers.mark(content)
     parts: list[dict[str, Any]] = []
     for part in content:
         if isinstance(part, TextPart):
@@ -109,14 +113,24 @@ def _template_message(message: Message, markers: _TextMarkers) -> dict[str, Any]
 
 
 class ChatPrompter:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_token: str = IMAGE_TOKEN,
+        audio_token: str | None = AUDIO_TOKEN,
+    ) -> None:
         self.tokenizer = tokenizer
-        self.image_id = self._special_id(IMAGE_TOKEN)
-        self.audio_id = self._special_id(AUDIO_TOKEN)
+        self.image_id = self._special_id(image_token)
+        # None: the model takes no audio (the pipeline refuses audio parts before rendering)
+        self.audio_id = self._special_id(audio_token) if audio_token else None
 
     @classmethod
     def from_pretrained(cls, decoder_dir: Path) -> ChatPrompter:
-        return cls(AutoTokenizer.from_pretrained(decoder_dir))
+        tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
+        image_token_id = getattr(AutoConfig.from_pretrained(decoder_dir), "image_token_id", None)
+        if image_token_id is None:
+            return cls(tokenizer)
+        return cls(tokenizer, str(tokenizer.convert_ids_to_tokens(image_token_id)), None)
 
     def _special_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
@@ -175,7 +189,10 @@ class ChatPrompter:
         queues = {
             kind: [rows for k, rows in media_rows if k == kind] for kind in ("image", "audio")
         }
-        found = {"image": ids.count(self.image_id), "audio": ids.count(self.audio_id)}
+        found = {
+            "image": ids.count(self.image_id),
+            "audio": ids.count(self.audio_id) if self.audio_id is not None else 0,
+        }
         for kind, rows in queues.items():
             if found[kind] != len(rows):
                 raise InvalidInput(

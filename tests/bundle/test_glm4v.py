@@ -16,9 +16,9 @@ from transformers import (
 from transformers.models.glm4v.image_processing_pil_glm4v import smart_resize
 
 from bundle.glm4v import PRESETS, _config, build_glm4v_checkpoint, build_tokenizer
+from testkit.media import image_bytes
 from tests.bundle.test_bundle import digest
 from tests.glm4v import reference_inputs
-from tests.media import image_bytes
 
 FILES = {
     "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
