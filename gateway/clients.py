@@ -27,14 +27,14 @@ from autoglm.v1 import (
 )
 from gateway.config import GatewayConfig
 from gateway.media import Media
-from services.common.encoder_types import (
+from services.common.grpc_server import channel_options
+from services.common.health import AUDIO_SERVICE, DECODER_SERVICE, VISION_SERVICE, is_serving
+from services.decoder.types import DecoderInfo, GenerateOutput, GenerateRequest
+from services.encoder.types import (
     EncoderInfo,
     embeddings_from_pb,
     encode_request_to_pb,
 )
-from services.common.grpc_server import channel_options
-from services.common.health import AUDIO_SERVICE, DECODER_SERVICE, VISION_SERVICE, is_serving
-from services.decoder.types import DecoderInfo, GenerateOutput, GenerateRequest
 
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 

@@ -26,8 +26,8 @@ from PIL import Image, UnidentifiedImageError
 
 from gateway.config import GatewayConfig
 from gateway.protocol import AudioURLPart, ImagePart, InputAudioPart, MediaPart
-from services.common.encoder_types import MediaItem
 from services.common.errors import InvalidInput, TooLarge
+from services.encoder.types import MediaItem
 
 Kind = Literal["image", "audio"]
 IMAGE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}

@@ -18,8 +18,8 @@ from services.common.config import add_config_args, config_from_args
 
 # service -> (module.Class of its config, module.function that runs it)
 SERVICES: dict[str, tuple[str, str]] = {
-    "vision": ("services.vision.config:VisionConfig", "services.vision.server:run"),
-    "audio": ("services.audio.config:AudioConfig", "services.audio.server:run"),
+    "vision": ("services.vision.config:VisionConfig", "services.encoder.server:run"),
+    "audio": ("services.audio.config:AudioConfig", "services.encoder.server:run"),
     "decoder": ("services.decoder.config:DecoderConfig", "services.decoder.server:run"),
     "gateway": ("gateway.config:GatewayConfig", "gateway.app:run"),
 }

@@ -19,9 +19,9 @@ from bench.device_check.measure import baseline_dtype, mean_cosine, median_ms, r
 from bench.device_check.runner import Check, Probe
 from quantize.checkpoint import QuantizedWeight
 from quantize.rtn import rtn_quantize
-from services.common.int8 import DEFAULT_THRESHOLD, Int8Linear
 from services.decoder.bnb_layers import nf4_linear
 from services.decoder.gptq_linear import GPTQLinear
+from services.encoder.int8 import DEFAULT_THRESHOLD, Int8Linear
 
 # (in, out) of the bench decoder's Linears: attention projections, MLP up/gate, MLP down.
 SHAPES = ((1024, 1024), (1024, 5632), (2816, 1024))

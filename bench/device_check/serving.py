@@ -19,16 +19,16 @@ from transformers import AutoTokenizer
 from bench.device_check.measure import mean_cosine, peak_mib, release, synchronize
 from bench.device_check.runner import Check, Probe
 from bundle.layout import Bundle
-from services.audio import server as audio_server
 from services.audio.config import AudioConfig
-from services.common.encoder_server import MediaEncoder
-from services.common.encoder_types import MediaItem
+from services.audio.model import load_encoder as load_audio_encoder
 from services.decoder.config import QUANT_CHOICES, DecoderConfig
 from services.decoder.gptq_linear import GPTQLinear
 from services.decoder.loader import LoadedDecoder, load_decoder
 from services.decoder.types import GenerateRequest, StoppingParams
-from services.vision import server as vision_server
+from services.encoder.pipeline import MediaEncoder
+from services.encoder.types import MediaItem
 from services.vision.config import VisionConfig
+from services.vision.model import load_encoder as load_vision_encoder
 from testkit.media import audio_bytes, image_bytes
 
 PROMPTS = (
@@ -49,8 +49,8 @@ def serving_checks(bundle: Path, device: torch.device) -> Iterator[Check]:
         yield Check(f"decoder {quant}", partial(check_decoder, bundle, device, quant))
     images = [MediaItem(image_bytes(seed=seed)) for seed in (1, 2)]
     clips = [MediaItem(audio_bytes(seconds, seed=seed)) for seconds, seed in ((1.0, 1), (0.5, 2))]
-    load_vision = partial(_load_tower, vision_server.load, VisionConfig, bundle)
-    load_audio = partial(_load_tower, audio_server.load, AudioConfig, bundle)
+    load_vision = partial(_load_tower, load_vision_encoder, VisionConfig, bundle)
+    load_audio = partial(_load_tower, load_audio_encoder, AudioConfig, bundle)
     yield Check("vision tower int8", partial(check_tower, load_vision, images, device))
     yield Check("audio tower int8", partial(check_tower, load_audio, clips, device))
 

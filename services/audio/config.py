@@ -1,36 +1,19 @@
-"""The audio encoder's settings. Light on purpose: the CLI imports it to build the flags of
-`autoglm serve audio`, so nothing heavy (no torch) is imported here."""
+"""The audio encoder's settings: `autoglm serve audio`'s flags (no torch imported here)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import ClassVar
 
-from services.common.encoder_config import EncoderConfig, help_text
+from services.encoder.config import EncoderConfig, limit
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioConfig(EncoderConfig):
-    ENV_PREFIX: ClassVar[str] = "AUDIO"
+class AudioConfig(EncoderConfig, env_prefix="AUDIO", port=50052, max_items=16, batch_size=4):
+    NOUNS: ClassVar[tuple[str, str]] = ("clips", "windows")
 
-    port: int = 50052
-    max_items: int = dataclasses.field(default=16, metadata=help_text("most clips per request"))
-    batch_size: int = dataclasses.field(
-        default=4, metadata=help_text("windows per forward pass of the tower")
+    window_seconds: float = limit(
+        30.0, "long clips are encoded in windows this long, so attention stays bounded"
     )
-    window_seconds: float = dataclasses.field(
-        default=30.0,
-        metadata=help_text(
-            "long clips are encoded in windows this long, so attention stays bounded"
-        ),
-    )
-    max_audio_bytes: int = dataclasses.field(
-        default=25 * 1024 * 1024, metadata=help_text("largest encoded audio file")
-    )
-    max_audio_seconds: float = dataclasses.field(
-        default=600.0, metadata=help_text("longest clip, read from the header")
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_positive("window_seconds", "max_audio_bytes", "max_audio_seconds")
+    max_audio_bytes: int = limit(25 * 1024 * 1024, "largest encoded audio file")
+    max_audio_seconds: float = limit(600.0, "longest clip, read from the header")

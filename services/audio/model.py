@@ -19,17 +19,24 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
-from transformers import PreTrainedModel
+from transformers import AutoFeatureExtractor, PreTrainedModel
 
-from services.common.tower import COMPUTE_DTYPE, load_tower
+from bundle.layout import Bundle
+from services.audio.config import AudioConfig
+from services.audio.preprocess import AudioLimits, AudioPreprocessor
+from services.common.device import resolve_device
+from services.encoder.pipeline import MediaEncoder
+from services.encoder.tower import COMPUTE_DTYPE, load_tower, ready_encoder
 
 # The RMSNorm's weight, a [hidden] tensor under "weight", saved in the bundle's audio folder;
 # a bundle without it gets the neutral weight (ones).
 OUTPUT_NORM_FILE = "output_norm.safetensors"
 
 
-def load_output_norm(folder: Path, hidden_size: int, eps: float) -> nn.RMSNorm:
-    norm = nn.RMSNorm(hidden_size, eps=eps, dtype=COMPUTE_DTYPE)
+def load_output_norm(folder: Path, model: PreTrainedModel) -> nn.RMSNorm:
+    """The RMSNorm over ``model``'s output features, with the bundle's weight if it has one."""
+    config = model.config
+    norm = nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps, dtype=COMPUTE_DTYPE)
     path = folder / OUTPUT_NORM_FILE
     if path.is_file():
         norm.load_state_dict(load_file(path))
@@ -56,28 +63,6 @@ class AudioTower:
             raise ValueError(f"windows of {window_samples} samples are too short for this tower")
         self.window_samples = window_samples
 
-    @classmethod
-    def load(
-        cls,
-        folder: Path,
-        device: torch.device,
-        quantization: str,
-        threshold: float,
-        *,
-        batch_size: int,
-        window_samples: int,
-        use_attention_mask: bool,
-    ) -> AudioTower:
-        model = load_tower(folder, device, quantization, threshold)
-        norm = load_output_norm(folder, model.config.hidden_size, model.config.layer_norm_eps)
-        return cls(
-            model,
-            norm,
-            batch_size=batch_size,
-            window_samples=window_samples,
-            use_attention_mask=use_attention_mask,
-        )
-
     @property
     def min_samples(self) -> int:
         """The convolutional front-end's receptive field: the shortest input giving one frame."""
@@ -93,8 +78,7 @@ class AudioTower:
         return lengths.clamp(min=0)
 
     def warm_up(self) -> None:
-        """One full batch of silent windows: start-up fails, not the first request, if the device
-        cannot hold the largest batch, and lazy initialisation is paid before SERVING."""
+        """One full batch of silent windows."""
         self.encode([torch.zeros(self.window_samples)] * self.batch_size)
 
     @torch.inference_mode()
@@ -135,3 +119,25 @@ class AudioTower:
         hidden = self.norm(self.model(values, attention_mask=mask).last_hidden_state)
         frames = self.frames(lengths).tolist()
         return [h[:n].to("cpu", torch.float16) for h, n in zip(hidden, frames, strict=True)]
+
+
+def load_encoder(config: AudioConfig) -> MediaEncoder[torch.Tensor]:
+    """The bundle's audio tower, its feature extractor and output RMSNorm, on the device."""
+    folder = Bundle.load(config.bundle).audio
+    extractor = AutoFeatureExtractor.from_pretrained(folder)
+    model = load_tower(
+        folder, resolve_device(config.device), config.quantization, config.int8_threshold
+    )
+    tower = AudioTower(
+        model,
+        load_output_norm(folder, model),
+        batch_size=config.batch_size,
+        window_samples=round(config.window_seconds * extractor.sampling_rate),
+        use_attention_mask=bool(extractor.return_attention_mask),
+    )
+    limits = AudioLimits(
+        max_bytes=config.max_audio_bytes,
+        max_seconds=config.max_audio_seconds,
+        min_samples=tower.min_samples,
+    )
+    return ready_encoder(tower, AudioPreprocessor(extractor, limits), config)

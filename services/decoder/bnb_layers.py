@@ -9,7 +9,7 @@ import bitsandbytes as bnb
 import torch
 from torch import nn
 
-from services.common.int8 import DEFAULT_THRESHOLD, Int8Linear
+from services.encoder.int8 import DEFAULT_THRESHOLD, Int8Linear
 
 
 def nf4_linear(linear: nn.Linear, device: torch.device) -> nn.Module:

@@ -3,12 +3,15 @@ its Linear layers in LLM.int8(), returning one [n_patches, hidden] fp16 embeddin
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from transformers import PreTrainedModel
 
-from services.common.tower import COMPUTE_DTYPE, load_tower
+from bundle.layout import Bundle
+from services.common.device import resolve_device
+from services.encoder.pipeline import MediaEncoder
+from services.encoder.tower import COMPUTE_DTYPE, load_tower, ready_encoder
+from services.vision.config import VisionConfig
+from services.vision.preprocess import ImageLimits, ImagePreprocessor
 
 
 class VisionTower:
@@ -17,20 +20,8 @@ class VisionTower:
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
 
-    @classmethod
-    def load(
-        cls,
-        folder: Path,
-        device: torch.device,
-        quantization: str,
-        threshold: float,
-        batch_size: int,
-    ) -> VisionTower:
-        return cls(load_tower(folder, device, quantization, threshold), batch_size)
-
     def warm_up(self) -> None:
-        """One full batch of blank images: start-up fails, not the first request, if the device
-        cannot hold the largest batch, and lazy initialisation is paid before SERVING."""
+        """One full batch of blank images."""
         size = int(self.model.config.image_size)
         self.encode([torch.zeros(3, size, size)] * self.batch_size)
 
@@ -43,3 +34,14 @@ class VisionTower:
             hidden = self.model(pixel_values=batch.to(self.device, COMPUTE_DTYPE)).last_hidden_state
             out.extend(hidden.to("cpu", torch.float16).unbind(0))
         return out
+
+
+def load_encoder(config: VisionConfig) -> MediaEncoder[torch.Tensor]:
+    """The bundle's vision tower and its preprocessor, on the configured device."""
+    folder = Bundle.load(config.bundle).vision
+    limits = ImageLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels)
+    model = load_tower(
+        folder, resolve_device(config.device), config.quantization, config.int8_threshold
+    )
+    tower = VisionTower(model, config.batch_size)
+    return ready_encoder(tower, ImagePreprocessor.load(folder, limits), config)

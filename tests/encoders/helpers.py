@@ -1,5 +1,5 @@
 """Encoder services as real processes (with the health statuses they showed while starting),
-and structured test clips."""
+the contract every encoder service keeps, and structured test clips."""
 
 from __future__ import annotations
 
@@ -9,18 +9,27 @@ import io
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import grpc
 import numpy as np
 import soundfile
+import torch
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from autoglm.v1 import encoder_pb2
 from services.common.grpc_server import channel_options
 from services.common.health import AUDIO_SERVICE, VISION_SERVICE
+from services.encoder.types import (
+    EncoderInfo,
+    MediaItem,
+    embeddings_from_pb,
+    encode_request_to_pb,
+)
 from services.vision.config import VisionConfig
 from testkit.processes import START_TIMEOUT_S, ServiceProcess, spawn
 
@@ -37,6 +46,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 @dataclasses.dataclass
 class Started:
     process: ServiceProcess
+    service: str  # the gRPC service, which is also the named health service
     # Every status of the named health service, from the first moment it answered.
     startup_statuses: list[int]
 
@@ -51,7 +61,7 @@ def start_encoder(kind: str, bundle_dir: Path, log_dir: Path, args: Sequence[str
         raise RuntimeError(
             f"{kind} never became SERVING ({exc.code()}):\n{process.log_tail()}"
         ) from None
-    return Started(process, statuses)
+    return Started(process, HEALTH_NAMES[kind], statuses)
 
 
 async def _poll_until_serving(target: str, service: str) -> list[int]:
@@ -106,21 +116,46 @@ def encoded_audio(
     return out.getvalue()
 
 
-async def assert_health_contract(started: Started, service: str) -> None:
-    """The named service was NOT_SERVING until its tower loaded; it and "" now serve."""
-    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-    serving = health_pb2.HealthCheckResponse.SERVING
-    assert started.startup_statuses == [not_serving, serving]
-    async with client_channel(started.process.target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        for name in ("", service):
-            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
-            assert reply.status == serving
+async def encode(stub: Any, data: list[bytes]) -> list[torch.Tensor]:
+    """Encode ``data`` through a VisionEncoder or AudioEncoder stub, one item per bytes."""
+    reply = await stub.Encode(encode_request_to_pb([MediaItem(d) for d in data]))
+    return embeddings_from_pb(reply)
 
 
-def assert_reflection_contract(started: Started, service: str) -> None:
-    """Server reflection lists the encoder (Encode, Info) and the health service."""
-    services, methods = reflection(started.process.target, service)
-    assert service in services
-    assert "grpc.health.v1.Health" in services
-    assert sorted(methods) == ["Encode", "Info"]
+class EncoderServiceContract:
+    """What every encoder service keeps, whatever its kind. A test module subclasses it (as
+    ``Test...``) with its tower's architecture, width and item limit; the ``started`` and
+    ``stub`` fixtures are its own (tests/encoders/conftest.py)."""
+
+    TOWER: ClassVar[str]
+    HIDDEN: ClassVar[int]
+    MAX_ITEMS: ClassVar[int]
+
+    async def test_info_describes_the_int8_tower(self, stub: Any) -> None:
+        info = EncoderInfo.from_pb(await stub.Info(encoder_pb2.EncoderInfoRequest()))
+        assert info == EncoderInfo(
+            model=self.TOWER,
+            device="cpu",
+            dtype="float32",
+            quantization="int8",
+            hidden_size=self.HIDDEN,
+            max_items=self.MAX_ITEMS,
+        )
+
+    async def test_health_is_named_not_serving_until_loaded_and_overall_serving(
+        self, started: Started
+    ) -> None:
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert started.startup_statuses == [not_serving, SERVING]
+        async with client_channel(started.process.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", started.service):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert reply.status == SERVING
+
+    def test_reflection_lists_the_service(self, started: Started) -> None:
+        """Server reflection lists the encoder (Encode, Info) and the health service."""
+        services, methods = reflection(started.process.target, started.service)
+        assert started.service in services
+        assert "grpc.health.v1.Health" in services
+        assert sorted(methods) == ["Encode", "Info"]

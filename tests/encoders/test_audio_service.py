@@ -3,32 +3,15 @@ a real gRPC client."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-
 import grpc
 import numpy as np
 import pytest
 import torch
 
-from autoglm.v1 import audio_pb2_grpc, encoder_pb2
-from services.common.encoder_types import (
-    EncoderInfo,
-    MediaItem,
-    embeddings_from_pb,
-    encode_request_to_pb,
-)
-from services.common.health import AUDIO_SERVICE
+from autoglm.v1 import audio_pb2_grpc
+from services.encoder.types import MediaItem, encode_request_to_pb
 from testkit.media import audio_bytes
-from tests.encoders.helpers import (
-    Started,
-    assert_health_contract,
-    assert_reflection_contract,
-    client_channel,
-    encoded_audio,
-    speech_like,
-    start_encoder,
-)
+from tests.encoders.helpers import EncoderServiceContract, encode, encoded_audio, speech_like
 
 pytestmark = pytest.mark.stack  # every test here talks to service processes
 
@@ -42,26 +25,15 @@ def frames(seconds: float) -> int:
     return (int(seconds * 16000) - 400) // 320 + 1
 
 
-@pytest.fixture(scope="module")
-def audio(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
-    # Short windows, many per batch: the >4 MiB request stays quick on a CPU, and the warm-up
-    # batch (so the NOT_SERVING phase) is long enough to watch.
-    args = ["--device", "cpu", "--max-audio-seconds", str(MAX_SECONDS)]
-    args += ["--window-seconds", "10", "--batch-size", "16"]
-    started = start_encoder("audio", bundle_dir, tmp_path_factory.mktemp("audio-logs"), args)
-    yield started
-    assert started.process.stop() == 0, started.process.log_tail()
+KIND, STUB = "audio", audio_pb2_grpc.AudioEncoderStub
+# Short windows, many per batch: the >4 MiB request stays quick on a CPU, and the warm-up batch
+# (so the NOT_SERVING phase) is long enough to watch.
+ARGS = ["--device", "cpu", "--max-audio-seconds", str(MAX_SECONDS)]
+ARGS += ["--window-seconds", "10", "--batch-size", "16"]
 
 
-@pytest.fixture
-async def stub(audio: Started) -> AsyncIterator[audio_pb2_grpc.AudioEncoderStub]:
-    async with client_channel(audio.process.target) as channel:
-        yield audio_pb2_grpc.AudioEncoderStub(channel)
-
-
-async def encode(stub: audio_pb2_grpc.AudioEncoderStub, clips: list[bytes]) -> list[torch.Tensor]:
-    reply = await stub.Encode(encode_request_to_pb([MediaItem(data) for data in clips]))
-    return embeddings_from_pb(reply)
+class TestEncoderContract(EncoderServiceContract):
+    TOWER, HIDDEN, MAX_ITEMS = "Wav2Vec2Model", HIDDEN, 16
 
 
 async def test_wav_flac_and_mp3_become_fp16_frame_embeddings(
@@ -116,18 +88,6 @@ async def test_a_batch_gives_what_each_clip_gives_alone(
         torch.testing.assert_close(batched, single, atol=2e-2, rtol=1e-2)
 
 
-async def test_info_describes_the_int8_tower(stub: audio_pb2_grpc.AudioEncoderStub) -> None:
-    info = EncoderInfo.from_pb(await stub.Info(encoder_pb2.EncoderInfoRequest()))
-    assert info == EncoderInfo(
-        model="Wav2Vec2Model",
-        device="cpu",
-        dtype="float32",
-        quantization="int8",
-        hidden_size=HIDDEN,
-        max_items=16,
-    )
-
-
 @pytest.mark.parametrize(
     ("data", "code", "message"),
     [
@@ -170,13 +130,3 @@ async def test_requests_and_responses_over_4_mib_go_through(
     assert reply.ByteSize() > FOUR_MIB
     # Long clips are encoded in windows whose frames are joined: about 50 per second still.
     assert all(abs(t.shape[0] - frames(45.0)) <= 5 for t in reply.embeddings)
-
-
-async def test_health_is_named_not_serving_until_loaded_and_overall_serving(
-    audio: Started,
-) -> None:
-    await assert_health_contract(audio, AUDIO_SERVICE)
-
-
-def test_reflection_lists_the_service(audio: Started) -> None:
-    assert_reflection_contract(audio, AUDIO_SERVICE)

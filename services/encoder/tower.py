@@ -1,22 +1,41 @@
-"""Loading an encoder tower (vision or audio) from its Hugging Face folder, INT8 by default."""
+"""Encoder towers: what a tower kind provides, loading one from its Hugging Face folder (INT8 by
+default), and making a loaded one ready to serve."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import torch
 from transformers import AutoModel, PreTrainedModel
 
-from services.common.encoder_config import EncoderConfig
-from services.common.encoder_types import EncoderInfo
-from services.common.int8 import DEFAULT_THRESHOLD, quantize_linears, weight_bytes
+from services.encoder.config import EncoderConfig
+from services.encoder.int8 import DEFAULT_THRESHOLD, quantize_linears, weight_bytes
+from services.encoder.pipeline import MediaEncoder
+from services.encoder.types import EncoderInfo
 
 log = logging.getLogger(__name__)
 
 # Norms, embeddings, convolutions and every other non-quantized layer run in fp32 (the design
 # keeps them at full precision); the int8 layers cast to fp16 inside.
 COMPUTE_DTYPE = torch.float32
+
+T = TypeVar("T")
+
+
+class Tower(Protocol[T]):
+    """A tower kind (SiglipVisionModel, Wav2Vec2Model + RMSNorm, ...) wrapped for serving: its
+    model answers Info; ``encode`` turns decoded inputs into one fp16 [n_tokens, hidden] CPU
+    tensor each, in order."""
+
+    @property
+    def model(self) -> PreTrainedModel: ...
+
+    def warm_up(self) -> None: ...
+
+    def encode(self, inputs: list[T], /) -> list[torch.Tensor]: ...
 
 
 def load_tower(
@@ -46,3 +65,12 @@ def tower_info(model: PreTrainedModel, config: EncoderConfig) -> EncoderInfo:
         hidden_size=int(model.config.hidden_size),
         max_items=config.max_items,
     )
+
+
+def ready_encoder(
+    tower: Tower[T], decode: Callable[[bytes], T], config: EncoderConfig
+) -> MediaEncoder[T]:
+    """The tower warmed up (one full batch: start-up fails, not the first request, if the device
+    cannot hold it, and lazy initialisation is paid before SERVING), behind its decoder."""
+    tower.warm_up()
+    return MediaEncoder(decode=decode, encode=tower.encode, info=tower_info(tower.model, config))

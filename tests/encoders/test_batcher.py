@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from services.common.encode_batcher import EncodeBatcher
-from services.common.encoder_server import MediaEncoder
-from services.common.encoder_types import EncoderInfo, MediaItem
 from services.common.errors import InvalidInput
+from services.encoder.batcher import EncodeBatcher
+from services.encoder.pipeline import MediaEncoder
+from services.encoder.types import EncoderInfo, MediaItem
 
 INFO = EncoderInfo("toy", "cpu", "float32", "none", hidden_size=2, max_items=16)
 
@@ -49,7 +49,9 @@ def worker() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
         yield pool
 
 
-def batcher_for(tower: Tower, worker: concurrent.futures.Executor, size: int) -> EncodeBatcher:
+def batcher_for(
+    tower: Tower, worker: concurrent.futures.Executor, size: int
+) -> EncodeBatcher[MediaEncoder[int]]:
     return EncodeBatcher(MediaEncoder(tower.decode, tower.encode, INFO), worker, size)
 
 
@@ -61,12 +63,21 @@ def values(embeddings: list[torch.Tensor]) -> list[int]:
     return [int(e[0, 0]) for e in embeddings]
 
 
+async def hold_the_tower(
+    tower: Tower, batcher: EncodeBatcher[MediaEncoder[int]]
+) -> asyncio.Task[list[torch.Tensor]]:
+    """Start a call for item 1 whose pass blocks until ``tower.gate`` is set, so the calls made
+    meanwhile queue behind it."""
+    tower.gate.clear()
+    first = asyncio.create_task(batcher(items("1")))
+    await asyncio.sleep(0.05)
+    return first
+
+
 async def test_calls_waiting_while_the_tower_is_busy_share_its_next_pass(worker) -> None:
     tower = Tower()
     batcher = batcher_for(tower, worker, size=8)
-    tower.gate.clear()  # the first call's pass blocks, so the others queue behind it
-    first = asyncio.create_task(batcher(items("1")))
-    await asyncio.sleep(0.05)
+    first = await hold_the_tower(tower, batcher)
     others = [asyncio.create_task(batcher(items(f"{10 * i}", f"{10 * i + 1}"))) for i in (1, 2, 3)]
     await asyncio.sleep(0.05)
     tower.gate.set()
@@ -79,9 +90,7 @@ async def test_calls_waiting_while_the_tower_is_busy_share_its_next_pass(worker)
 async def test_a_batch_holds_whole_calls_up_to_its_size_and_a_big_call_alone(worker) -> None:
     tower = Tower()
     batcher = batcher_for(tower, worker, size=4)
-    tower.gate.clear()
-    first = asyncio.create_task(batcher(items("1")))
-    await asyncio.sleep(0.05)
+    first = await hold_the_tower(tower, batcher)
     calls = [items("2", "3"), items("4", "5"), items(*"6789"), items("0")]
     tasks = [asyncio.create_task(batcher(c)) for c in calls]
     await asyncio.sleep(0.05)
@@ -104,9 +113,7 @@ async def test_a_bad_file_fails_only_its_own_call(worker) -> None:
 async def test_a_cancelled_call_is_dropped_before_its_pass(worker) -> None:
     tower = Tower()
     batcher = batcher_for(tower, worker, size=8)
-    tower.gate.clear()
-    first = asyncio.create_task(batcher(items("1")))
-    await asyncio.sleep(0.05)
+    first = await hold_the_tower(tower, batcher)
     left = asyncio.create_task(batcher(items("2")))
     stays = asyncio.create_task(batcher(items("3")))
     await asyncio.sleep(0.05)

@@ -15,14 +15,23 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
-from services.common.encoder_types import MediaItem
+from services.encoder.types import MediaItem
 
-if TYPE_CHECKING:  # encoder_server builds the batcher around its MediaEncoder
-    from services.common.encoder_server import MediaEncoder
+
+class BatchEncoder(Protocol):
+    """What the batcher needs of an encoder (pipeline.MediaEncoder is one): per-call decoding,
+    and one tower pass over any number of decoded inputs."""
+
+    def decode_all(self, items: list[MediaItem]) -> list[Any]: ...
+
+    def encode(self, inputs: list[Any], /) -> list[torch.Tensor]: ...
+
+
+E = TypeVar("E", bound=BatchEncoder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +40,10 @@ class _Call:
     result: asyncio.Future[list[torch.Tensor]]
 
 
-class EncodeBatcher:
+class EncodeBatcher(Generic[E]):
     def __init__(
         self,
-        encoder: MediaEncoder[Any],
+        encoder: E,
         worker: concurrent.futures.Executor,
         max_batch_items: int,
     ) -> None:

@@ -1,0 +1,28 @@
+"""The encoder service a test module runs: its ``KIND`` started with its ``ARGS`` (one
+process per module), and a stub of its ``STUB`` class on it per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.encoders.helpers import Started, client_channel, start_encoder
+
+
+@pytest.fixture(scope="module")
+def started(
+    request: pytest.FixtureRequest, bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Started]:
+    kind, args = request.module.KIND, request.module.ARGS
+    service = start_encoder(kind, bundle_dir, tmp_path_factory.mktemp(f"{kind}-logs"), args)
+    yield service
+    assert service.process.stop() == 0, service.process.log_tail()
+
+
+@pytest.fixture
+async def stub(request: pytest.FixtureRequest, started: Started) -> AsyncIterator[Any]:
+    async with client_channel(started.process.target) as channel:
+        yield request.module.STUB(channel)
