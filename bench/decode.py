@@ -28,7 +28,7 @@ from rich.table import Table
 from torch import nn
 from transformers import Glm4ForCausalLM, LogitsProcessor, LogitsProcessorList
 
-from bench.report import write_report
+from bench.report import BenchParser, write_report
 from bundle.build import build_bundle
 from bundle.layout import Bundle
 from services.common.device import resolve_device
@@ -36,8 +36,6 @@ from services.decoder.config import DecoderConfig
 from services.decoder.engine import Engine
 from services.decoder.loader import DTYPES, load_decoder
 from services.decoder.types import GenerateRequest, StoppingParams
-
-DEFAULT_OUTPUT = Path("bench/results/decode.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,43 +120,43 @@ def run_transformers(
     return Run(generated.numel(), seconds, ttft), generated.tolist()
 
 
-def one_pass(
-    engine: Engine,
-    model: Glm4ForCausalLM,
-    concurrency: int,
-    requests: list[list[int]],
-    new_tokens: int,
-    pad_id: int,
-) -> tuple[Run, Run, bool]:
-    """Engine and transformers on the same requests, alternated request by request at
-    concurrency 1, so load from other processes hits both alike; and whether their greedy
-    tokens agree."""
-    if concurrency == 1:
-        ours, theirs = [], []
-        for ids in requests:
-            ours.append(run_engine(engine, [ids], new_tokens))
-            theirs.append(run_transformers(model, [ids], new_tokens, pad_id))
-        same = [t for _, out in ours for t in out] == [t for _, out in theirs for t in out]
-        return Run.sequential([r for r, _ in ours]), Run.sequential([r for r, _ in theirs]), same
-    engine_run, engine_tokens = run_engine(engine, requests, new_tokens)
-    hf_run, hf_tokens = run_transformers(model, requests, new_tokens, pad_id)
-    return engine_run, hf_run, engine_tokens == hf_tokens
+@dataclasses.dataclass(frozen=True)
+class Sides:
+    """The two sides of the contest, on the same weights, device and dtype."""
+
+    engine: Engine
+    model: Glm4ForCausalLM
+    pad_id: int
+
+    def one_pass(
+        self, concurrency: int, requests: list[list[int]], new_tokens: int
+    ) -> tuple[Run, Run, bool]:
+        """Engine and transformers on the same requests, alternated request by request at
+        concurrency 1, so load from other processes hits both alike; and whether their greedy
+        tokens agree."""
+        engine, model, pad_id = self.engine, self.model, self.pad_id
+        if concurrency == 1:
+            ours, theirs = [], []
+            for ids in requests:
+                ours.append(run_engine(engine, [ids], new_tokens))
+                theirs.append(run_transformers(model, [ids], new_tokens, pad_id))
+            same = [t for _, out in ours for t in out] == [t for _, out in theirs for t in out]
+            return (
+                Run.sequential([r for r, _ in ours]),
+                Run.sequential([r for r, _ in theirs]),
+                same,
+            )
+        engine_run, engine_tokens = run_engine(engine, requests, new_tokens)
+        hf_run, hf_tokens = run_transformers(model, requests, new_tokens, pad_id)
+        return engine_run, hf_run, engine_tokens == hf_tokens
 
 
 def measure(
-    engine: Engine,
-    model: Glm4ForCausalLM,
-    concurrency: int,
-    requests: list[list[int]],
-    new_tokens: int,
-    pad_id: int,
-    repeats: int,
+    sides: Sides, concurrency: int, requests: list[list[int]], new_tokens: int, repeats: int
 ) -> dict[str, Any]:
     """The best of ``repeats`` passes for each side: on a shared machine the fastest pass is
     the one least disturbed by other processes."""
-    passes = [
-        one_pass(engine, model, concurrency, requests, new_tokens, pad_id) for _ in range(repeats)
-    ]
+    passes = [sides.one_pass(concurrency, requests, new_tokens) for _ in range(repeats)]
     engine_run = max((p[0] for p in passes), key=lambda r: r.tokens_per_s)
     hf_run = max((p[1] for p in passes), key=lambda r: r.tokens_per_s)
     return {
@@ -202,9 +200,11 @@ def print_table(results: list[dict[str, Any]], console: Console) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--bundle", type=Path, help="a bench bundle (default: build one in a temp dir)"
+    parser = BenchParser(
+        "decode",
+        __doc__,
+        quick={"new_tokens": 32, "sequential_requests": 1, "repeats": 1},
+        device_help="cpu, cuda or cuda:N (both sides)",
     )
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -212,10 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         "--sequential-requests", type=int, default=3, help="requests at concurrency 1"
     )
     parser.add_argument("--repeats", type=int, default=2, help="passes per side; the best counts")
-    parser.add_argument(
-        "--quick", action="store_true", help="32 new tokens, 1 sequential request, 1 pass"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both sides)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="both sides")
     parser.add_argument(
         "--cpu-prepack",
@@ -223,12 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="the engine's oneDNN weight repacking on the CPU (the service's default)",
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     device = resolve_device(args.device)
-    new_tokens = 32 if args.quick else args.new_tokens
-    sequential = 1 if args.quick else args.sequential_requests
-    repeats = 1 if args.quick else args.repeats
+    new_tokens, repeats = args.new_tokens, args.repeats
     console = Console()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -257,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[dict[str, Any]] = []
     for concurrency in args.concurrency:
-        count = sequential if concurrency == 1 else concurrency
+        count = args.sequential_requests if concurrency == 1 else concurrency
         requests = prompts(count, vocab, seed=concurrency)
-        result = measure(engine, model, concurrency, requests, new_tokens, pad_id, repeats)
+        result = measure(Sides(engine, model, pad_id), concurrency, requests, new_tokens, repeats)
         if results and results[0]["concurrency"] == 1:  # what batching buys over one at a time
             baseline = results[0]["transformers"]["tokens_per_s"]
             result["ratio_vs_transformers_concurrency_1"] = (
@@ -278,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_prepack": args.cpu_prepack,
         "results": results,
     }  # fmt: skip
-    write_report(args.output, report, console)
-    return 0
+    return write_report(args.output, report, console)
 
 
 if __name__ == "__main__":

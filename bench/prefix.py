@@ -13,7 +13,6 @@ others are the ones caching serves. Each pass uses a new prefix. Greedy tokens m
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import tempfile
@@ -25,7 +24,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from bench.report import write_report
+from bench.report import BenchParser, write_report
 from bundle.build import build_bundle
 from bundle.layout import Bundle
 from services.common.device import resolve_device
@@ -34,7 +33,6 @@ from services.decoder.engine import Engine
 from services.decoder.loader import DTYPES, load_decoder
 from services.decoder.types import GenerateRequest, StoppingParams
 
-DEFAULT_OUTPUT = Path("bench/results/prefix.json")
 NEW_TOKENS = 8
 
 
@@ -125,19 +123,13 @@ def print_table(report: dict[str, Any], console: Console) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, help="a bench bundle (default: build one)")
+    parser = BenchParser("prefix", __doc__, quick={"prefix": 256, "requests": 4, "repeats": 1})
     parser.add_argument("--prefix", type=int, default=1024, help="shared prefix tokens")
     parser.add_argument("--suffix", type=int, default=32, help="distinct tokens per request")
     parser.add_argument("--requests", type=int, default=8, help="requests per pass")
     parser.add_argument("--repeats", type=int, default=2, help="passes, each with a new prefix")
-    parser.add_argument("--quick", action="store_true", help="256-token prefix, 4 requests, 1 pass")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.prefix, args.requests, args.repeats = 256, 4, 1
+    args = parser.parse(argv)
     if args.requests < 2:
         parser.error("--requests must be at least 2: the first of a pass finds nothing cached")
     device = resolve_device(args.device)
@@ -188,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         report["off"]["ttft_later_requests_p50_s"] / report["on"]["ttft_later_requests_p50_s"]
     )
     print_table(report, console)
-    write_report(args.output, report, console)
-    return 0 if report["same_greedy_tokens"] else 1
+    return write_report(args.output, report, console, ok=report["same_greedy_tokens"])
 
 
 if __name__ == "__main__":

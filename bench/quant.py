@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoModel, AutoTokenizer, Glm4ForCausalLM
 
-from bench.report import write_report
+from bench.report import BenchParser, write_report
 from bundle.build import build_bundle
 from bundle.layout import Bundle
 from quantize.cli import DEFAULT_CALIBRATION
@@ -50,7 +50,6 @@ from services.decoder.loader import load_decoder
 from services.decoder.quant import apply_quantization
 from services.decoder.types import GenerateRequest, StoppingParams
 
-DEFAULT_OUTPUT = Path("bench/results/quant.json")
 TARGETS = {"weight_memory_reduction": 0.60, "decode_latency_b1_reduction": 0.40}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -235,18 +234,20 @@ def split_text(text: str, folder: Path) -> tuple[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, help="a bench bundle (default: build one)")
+    parser = BenchParser(
+        "quant",
+        __doc__,
+        quick={"new_tokens": 8, "rounds": 1, "minilm": False},
+        device_help="where the engines run (distortion: CPU)",
+    )
     parser.add_argument("--prompt", type=int, default=64, help="prompt tokens per request")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens decoded per request")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds")
     parser.add_argument("--samples", type=int, default=16, help="GPTQ calibration windows")
-    parser.add_argument("--quick", action="store_true", help="8 new tokens, 1 round, no MiniLM")
-    parser.add_argument("--device", default="cpu", help="where the engines run (distortion: CPU)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.new_tokens, args.rounds = 8, 1
+    parser.add_argument(
+        "--no-minilm", dest="minilm", action="store_false", help="skip the trained-MiniLM check"
+    )
+    args = parser.parse(argv)
     console = Console()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, target in TARGETS.items():
         verdict = "met" if achieved[key] >= target else "MISSED"
         console.print(f"GPTQ-4bit {key}: {achieved[key]:.0%} (target {target:.0%}) {verdict}")
-    minilm = None if args.quick else minilm_fidelity()
+    minilm = minilm_fidelity() if args.minilm else None
     if minilm:
         console.print(
             f"all-MiniLM-L6-v2, {minilm['bits']}-bit g{minilm['group_size']}: mean cosine to FP32 "
@@ -312,8 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         "gptq_achieved": achieved,
         "minilm": minilm,
     }  # fmt: skip
-    write_report(args.output, report, console)
-    return 0
+    return write_report(args.output, report, console)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""What every benchmark's JSON carries: the machine it ran on, written the same way."""
+"""What every benchmark shares: its common flags, and its JSON with the machine it ran on."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 from pathlib import Path
@@ -9,6 +10,44 @@ from typing import Any
 
 import torch
 from rich.console import Console
+
+RESULTS = Path("bench/results")
+
+
+class BenchParser(argparse.ArgumentParser):
+    """The flags every benchmark takes (--bundle, --quick, --device, --output); the benchmark
+    adds its own. --quick is a short run: the settings in ``quick`` replace whatever the command
+    line or the defaults gave them. The report goes to bench/results/NAME.json by default."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        quick: dict[str, Any],
+        bundle_help: str = "a bench bundle (default: build one)",
+        device_help: str = "cpu, cuda or cuda:N",
+    ) -> None:
+        super().__init__(description=doc.splitlines()[0])
+        self.quick = quick
+        short = ", ".join(_as_flag(key, value) for key, value in quick.items())
+        self.add_argument("--bundle", type=Path, help=bundle_help)
+        self.add_argument("--quick", action="store_true", help=f"a short run: {short}")
+        self.add_argument("--device", default="cpu", help=device_help)
+        self.add_argument("--output", type=Path, default=RESULTS / f"{name}.json")
+
+    def parse(self, argv: list[str] | None) -> argparse.Namespace:
+        args = self.parse_args(argv)
+        if args.quick:
+            vars(args).update(self.quick)
+        return args
+
+
+def _as_flag(key: str, value: Any) -> str:
+    """How a setting is written on the command line: ``--no-minilm``, ``--concurrency 1 2``."""
+    flag = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} " + (" ".join(map(str, value)) if isinstance(value, list) else str(value))
 
 
 def machine() -> dict[str, Any]:
@@ -21,7 +60,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_report(path: Path, report: dict[str, Any], console: Console) -> None:
+def write_report(path: Path, report: dict[str, Any], console: Console, ok: bool = True) -> int:
+    """Write the report; the exit status says whether its own checks held (0) or not (1)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**report, "machine": machine()}, indent=2) + "\n")
     console.print(f"wrote {path}")
+    return 0 if ok else 1

@@ -42,12 +42,11 @@ from rich.table import Table
 from bench.bundles import prepared_bundle
 from bench.device_check.runner import Probe
 from bench.device_check.stack import STOP_TIMEOUT_S, LaunchedStack
-from bench.report import write_report
+from bench.report import BenchParser, write_report
 from bundle.layout import Bundle
 from testkit.media import audio_bytes, b64, data_url, image_bytes
 
 Content = list[ChatCompletionContentPartParam]  # one user message's parts
-DEFAULT_OUTPUT = Path("bench/results/serve.json")
 MIXES = ("text", "image", "image+audio")  # every request has text; these add media
 AUDIO_SECONDS = 2.0
 REQUEST_TIMEOUT_S = 600.0
@@ -304,17 +303,17 @@ def print_table(report: dict[str, Any], console: Console) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, help="a quantized bundle (default: build one)")
+    parser = BenchParser(
+        "serve",
+        __doc__,
+        quick={"requests": 2, "max_tokens": 16, "concurrency": [1, 2]},
+        bundle_help="a quantized bundle (default: build one)",
+        device_help="every service's device (cpu, cuda:N)",
+    )
     parser.add_argument("--requests", type=int, default=8, help="requests per mix and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
-    parser.add_argument("--quick", action="store_true", help="2 requests, 16 tokens, conc. 1 and 2")
-    parser.add_argument("--device", default="cpu", help="every service's device (cpu, cuda:N)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.requests, args.max_tokens, args.concurrency = 2, 16, [1, 2]
+    args = parser.parse(argv)
     args.concurrency = sorted(set(args.concurrency))
     if args.concurrency[0] != 1:
         parser.error("--concurrency must include 1: the baseline of the throughput ratios")
@@ -343,8 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": metrics,
     }
     print_table(report, console)
-    write_report(args.output, report, console)
-    return 0 if metrics["agree"] else 1
+    return write_report(args.output, report, console, ok=metrics["agree"])
 
 
 if __name__ == "__main__":
