@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import openai
 import pytest
@@ -33,10 +35,15 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
+def hi_with_an_image(seed: int) -> list[dict[str, Any]]:
+    url = data_url(image_bytes(seed=seed), "image/png")
+    image = {"type": "image_url", "image_url": {"url": url}}
+    return [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]
+
+
 @pytest.mark.stack
 def test_counters_follow_a_chat_request(stack: Stack, client: openai.OpenAI) -> None:
-    image = {"type": "image_url", "image_url": {"url": data_url(image_bytes(seed=7), "image/png")}}
-    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]
+    messages = hi_with_an_image(seed=7)
     client.chat.completions.create(model=MODEL, messages=messages, max_tokens=5)  # type: ignore[arg-type]
     before = scrape(stack)
     # the same again: its prompt's full blocks now come from the decoder's prefix cache
@@ -67,8 +74,7 @@ def test_errors_are_counted_under_their_route_and_status(stack: Stack) -> None:
 
 @pytest.mark.stack
 def test_the_decoder_state_is_read_at_each_scrape(stack: Stack, client: openai.OpenAI) -> None:
-    image = {"type": "image_url", "image_url": {"url": data_url(image_bytes(seed=8), "image/png")}}
-    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]
+    messages = hi_with_an_image(seed=8)
     client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)  # type: ignore[arg-type]
     samples = scrape(stack)
     assert samples[("autoglm_decoder_up", ())] == 1
