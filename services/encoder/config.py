@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, ClassVar
+import typing
+from typing import ClassVar, TypeVar
 
-from services.common.config import ServiceConfig
+from services.common.config import ServiceConfig, setting
+
+T = TypeVar("T", int, float)
 
 QUANTIZATIONS = ("int8", "none")
 
 
-def help_text(text: str) -> dict[str, str]:
-    """Field metadata the CLI turns into the flag's --help line."""
-    return {"help": text}
-
-
-def limit(default: float, text: str) -> Any:
-    """A field that must be positive (EncoderConfig checks it), with its --help line."""
-    return dataclasses.field(default=default, metadata={**help_text(text), "positive": True})
+def limit(default: T, text: str) -> T:
+    """A setting that must be positive: EncoderConfig checks every field made here."""
+    field = typing.cast(dataclasses.Field[T], setting(default, text))
+    metadata = {**field.metadata, "positive": True}
+    return typing.cast(T, dataclasses.field(default=default, metadata=metadata))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +31,9 @@ class EncoderConfig(ServiceConfig):
     # What --help calls a request's items and a forward pass's inputs (images, clips, windows).
     NOUNS: ClassVar[tuple[str, str]] = ("items", "inputs")
 
-    quantization: str = dataclasses.field(
-        default="int8", metadata=help_text("tower Linear weights: int8 (LLM.int8()) or none (FP32)")
-    )
-    int8_threshold: float = dataclasses.field(
-        default=6.0, metadata=help_text("LLM.int8() outlier threshold (0: no fp16 outlier columns)")
+    quantization: str = setting("int8", "tower Linear weights: int8 (LLM.int8()) or none (FP32)")
+    int8_threshold: float = setting(
+        6.0, "LLM.int8() outlier threshold (0: no fp16 outlier columns)"
     )
     max_items: int = limit(16, "most items per request")
     batch_size: int = limit(8, "inputs per forward pass of the tower")
@@ -49,7 +47,7 @@ class EncoderConfig(ServiceConfig):
         cls.ENV_PREFIX = env_prefix
         items, inputs = cls.NOUNS
         fields = {
-            "port": dataclasses.field(default=port),
+            "port": dataclasses.field(default=port),  # as ServiceConfig's: no help line
             "max_items": limit(max_items, f"most {items} per request"),
             "batch_size": limit(batch_size, f"{inputs} per forward pass of the tower"),
         }
