@@ -1,8 +1,9 @@
 """Session fixtures: the default bundle, built once (and GPTQ-quantized once, for the tests that
 serve it as `make up` does), and the whole stack as real processes.
 
-Two tiers: a test that starts processes (a service, `autoglm up`, a server) is marked ``stack``;
-`pytest -m "not stack"` (`make test-fast`) runs the rest, which never pays for quantizing."""
+Two tiers: a test that starts processes (a service, `autoglm up`, a server) or needs the
+quantized bundle is marked ``stack``; `pytest -m "not stack"` (`make test-fast`) runs the rest,
+which never pays for quantizing."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from bundle.layout import Bundle
 from services import cli
 from testkit.processes import ServiceProcess, spawn
 
-# Fixtures that start processes: a test using one must be marked `stack` (checked below).
-PROCESS_FIXTURES = frozenset({"stack", "quantized_bundle_dir"})
+# Fixtures that start processes (``started``: tests/encoders' service) or quantize for minutes:
+# a test using one must be marked `stack` (checked below).
+PROCESS_FIXTURES = frozenset({"stack", "quantized_bundle_dir", "started"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

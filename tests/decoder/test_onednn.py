@@ -4,8 +4,6 @@ run on a repacked model too: see the ``tiny_model`` fixture.)"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import bitsandbytes as bnb
 import pytest
 import torch
@@ -54,11 +52,16 @@ def test_only_plain_linears_are_swapped_quantized_layers_keep_their_kernels() ->
     assert kinds == [OneDnnLinear, bnb.nn.Linear4bit, OneDnnLinear, nn.Linear]
 
 
-@pytest.mark.parametrize(("prepack", "quant"), [(True, "none"), (False, "none"), (True, "gptq")])
+@pytest.mark.parametrize(
+    ("prepack", "quant"),
+    # GPTQ needs the quantized default bundle, which the stack tier pays for.
+    [(True, "none"), (False, "none"), pytest.param(True, "gptq", marks=pytest.mark.stack)],
+)
 def test_the_cpu_service_repacks_unless_told_not_to(
-    bundle_dir: Path, prepack: bool, quant: str
+    request: pytest.FixtureRequest, prepack: bool, quant: str
 ) -> None:
-    config = DecoderConfig(bundle=bundle_dir, device="cpu", quantization=quant, cpu_prepack=prepack)
+    bundle = request.getfixturevalue("quantized_bundle_dir" if quant == "gptq" else "bundle_dir")
+    config = DecoderConfig(bundle=bundle, device="cpu", quantization=quant, cpu_prepack=prepack)
     model = load_decoder(config).engine.model
     assert isinstance(model.lm_head, OneDnnLinear if prepack else nn.Linear)
     q_proj = model.model.layers[0].self_attn.q_proj
