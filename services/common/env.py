@@ -33,6 +33,7 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_DECODER_DTYPE": "decoder activation dtype: auto, float32, bfloat16 or float16",
     "AUTOGLM_DECODER_MAX_MODEL_LEN": "longest prompt + completion (0: the model's context length)",
     "AUTOGLM_DECODER_PREFILL_CHUNK_TOKENS": "prompt tokens prefilled per engine step",
+    "AUTOGLM_DECODER_MAX_WAITING_REQUESTS": "requests queued for a batch row; more are refused",
     "AUTOGLM_DECODER_KV_BLOCK_SIZE": "tokens per KV cache block",
     "AUTOGLM_DECODER_CPU_PREPACK": "on the CPU, reorder FP Linear weights for oneDNN (true/false)",
     "AUTOGLM_DECODER_ENABLE_PREFIX_CACHING": "reuse the KV of prompt prefixes seen before",

@@ -37,6 +37,11 @@ class DecoderConfig(ServiceConfig):
         "on the CPU, reorder the FP Linear weights once for oneDNN (1.2-3.7x faster GEMMs "
         "than plain torch)",
     )
+    max_waiting_requests: int = setting(
+        256,
+        "requests queued for a batch row; beyond, new ones are refused (RESOURCE_EXHAUSTED, "
+        "HTTP 429) until the queue drains",
+    )
     enable_prefix_caching: bool = setting(
         True, "reuse the KV cache blocks of a prompt prefix seen before (automatic prefix caching)"
     )
@@ -64,3 +69,5 @@ class DecoderConfig(ServiceConfig):
             )
         if self.prefill_chunk_tokens < 1:
             raise ValueError("prefill_chunk_tokens must be at least 1")
+        if self.max_waiting_requests < 1:
+            raise ValueError("max_waiting_requests must be at least 1")

@@ -99,7 +99,10 @@ def load_decoder(config: DecoderConfig) -> LoadedDecoder:
         device=device,
         prefix_caching=config.enable_prefix_caching,
     )
-    limits = EngineLimits(config.max_running_requests, max_model_len, config.prefill_chunk_tokens)
+    limits = EngineLimits(
+        config.max_running_requests, max_model_len, config.prefill_chunk_tokens,
+        config.max_waiting_requests,
+    )  # fmt: skip
     engine = Engine(model, cache, limits, eos_token_ids(bundle.decoder))
     log.info(
         "decoder on %s (%s, %s): %d cache tokens, max_model_len %d",

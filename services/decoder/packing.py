@@ -1,10 +1,10 @@
-"""One engine step's plan, and the packed model inputs it turns into.
+"""The packed model inputs of one engine step's plan.
 
-The scheduler (engine.py) decides which requests run a prompt chunk and which decode; this
+The scheduler (scheduler.py) decides which requests run a context chunk and which decode; this
 module lays their tokens out as one packed sequence (chunks first, then one token per decode),
-with the cache slots each token writes and reads (``kv_cache.ForwardBatch``), splices the
-multimodal embeddings in, and says which packed position each sampled request reads its logits
-from.
+with the cache slots each token writes and reads (``kv_cache.ForwardBatch``), and splices the
+multimodal embeddings in. A request's prompt lives on the device as a ``DevicePrompt``, set up
+by the model runner when the request is admitted.
 """
 
 from __future__ import annotations
@@ -14,32 +14,46 @@ import dataclasses
 import torch
 
 from services.decoder.kv_cache import ForwardBatch, PrefillSpan
+from services.decoder.scheduler import Plan
 from services.decoder.sequence import Sequence
 
 
-@dataclasses.dataclass
-class Plan:
-    """What one step computes: context chunks (sequence, tokens), then decodes."""
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Multimodal embeddings already on the model's device and in its dtype."""
 
-    prefills: list[tuple[Sequence, int]] = dataclasses.field(default_factory=list)
-    decodes: list[Sequence] = dataclasses.field(default_factory=list)
+    start: int
+    end: int
+    embeddings: torch.Tensor
 
-    def __bool__(self) -> bool:
-        return bool(self.prefills or self.decodes)
 
-    def to_sample(self) -> tuple[list[Sequence], list[int]]:
-        """The requests that get a token this step and the packed index of the hidden state
-        each samples from: the decodes, and the chunks that complete a prompt. A chunk that
-        recomputes a preempted request's context samples nothing: its next token is known."""
-        sampled, index, end = [], [], 0
-        for seq, n in self.prefills:
-            end += n
-            if seq.cached + n == seq.context_len and not seq.output:
-                sampled.append(seq)
-                index.append(end - 1)
-        sampled += self.decodes
-        index += range(end, end + len(self.decodes))
-        return sampled, index
+@dataclasses.dataclass(frozen=True)
+class DevicePrompt:
+    """A running request's prompt on the model's device (``Sequence.inputs``): what its
+    context chunks are cut from."""
+
+    ids: torch.Tensor  # [prompt]
+    positions: torch.Tensor  # [prompt]
+    segments: tuple[Segment, ...]
+
+
+def _prompt(seq: Sequence) -> DevicePrompt:
+    assert isinstance(seq.inputs, DevicePrompt), "the model runner sets up every admitted row"
+    return seq.inputs
+
+
+def chunk(seq: Sequence, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and positions of context tokens [cached, cached + n): prompt tokens, then
+    (recomputing after a preemption) generated ones."""
+    prompt = _prompt(seq)
+    lo, hi = seq.cached, seq.cached + n
+    ids, positions = [prompt.ids[lo:hi]], [prompt.positions[lo:hi]]
+    if hi > seq.prompt_len:
+        a, b = max(lo, seq.prompt_len) - seq.prompt_len, hi - seq.prompt_len
+        ids.append(_longs(seq.output[a:b], device))
+        after = range(seq.position_after_prompt(a), seq.position_after_prompt(b))
+        positions.append(_longs(list(after), device))
+    return torch.cat(ids), torch.cat(positions)
 
 
 def pack(plan: Plan, slot_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, ForwardBatch]:
@@ -49,7 +63,7 @@ def pack(plan: Plan, slot_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     start = 0
     for seq, n in plan.prefills:
         done = seq.cached
-        chunk_ids, chunk_positions = seq.chunk(n, device)
+        chunk_ids, chunk_positions = chunk(seq, n, device)
         ids.append(chunk_ids)
         positions.append(chunk_positions)
         kv_slots = slot_table[seq.row, : done + n]
@@ -74,8 +88,13 @@ def pack(plan: Plan, slot_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def splice(plan: Plan, embeds: torch.Tensor) -> torch.Tensor:
     """The packed input embeddings with each chunk's multimodal segments in place."""
     start = 0
-    for seq, n in plan.prefills:
-        seq.splice(embeds, start, n)
+    for seq, n in plan.prefills:  # prompt tokens [cached, cached + n) sit at [start, start + n)
+        lo, hi = seq.cached, seq.cached + n
+        for segment in _prompt(seq).segments:
+            a, b = max(segment.start, lo), min(segment.end, hi)
+            if a < b:
+                target = slice(start + a - lo, start + b - lo)
+                embeds[target] = segment.embeddings[a - segment.start : b - segment.start]
         start += n
     return embeds
 

@@ -1,23 +1,15 @@
 """One request inside the engine: waiting with its prompt's block hashes, then running with its
-prompt on the device, its cache blocks and its progress."""
+cache blocks and its progress. Pure Python: what the model runner keeps on its device for a
+request (prompt ids, positions, multimodal embeddings) rides along, opaque, in ``inputs``."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import torch
-
-from services.decoder.prefix_cache import BlockHash
-from services.decoder.types import GenerateRequest
-
-
-@dataclasses.dataclass
-class Segment:
-    """Multimodal embeddings already on the model's device and in its dtype."""
-
-    start: int
-    end: int
-    embeddings: torch.Tensor
+if TYPE_CHECKING:
+    from services.decoder.prefix_cache import BlockHash
+    from services.decoder.types import GenerateRequest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,15 +28,13 @@ class Pending:
 class Sequence:
     request: GenerateRequest
     row: int  # its row in the running batch: sampler state and slot table are indexed by it
-    blocks: list[int]
-    prompt_ids: torch.Tensor  # [prompt] on the device
-    prompt_positions: torch.Tensor  # [prompt] on the device
-    segments: list[Segment]
     max_tokens: int  # max_tokens, clamped so prompt + completion fits max_model_len
+    blocks: list[int] = dataclasses.field(default_factory=list)
     block_hashes: tuple[BlockHash, ...] = ()  # of its full prompt blocks (prefix caching)
     cached: int = 0  # tokens whose K/V is in the cache (0 again after a preemption)
     reused: int = 0  # prompt tokens whose K/V came from the prefix cache, not computed
     output: list[int] = dataclasses.field(default_factory=list)
+    inputs: object = None  # the model runner's copy of the prompt on its device
 
     @property
     def request_id(self) -> str:
@@ -68,31 +58,9 @@ class Sequence:
     def next_position(self) -> int:
         """Position id of the token fed next: generated tokens continue one by one after the
         prompt's last position, explicit or not."""
-        return self._position_after_prompt(self.cached - self.prompt_len)
+        return self.position_after_prompt(self.cached - self.prompt_len)
 
-    def chunk(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ids and positions of context tokens [cached, cached + n): prompt tokens, then
-        (recomputing after a preemption) generated ones."""
-        lo, hi = self.cached, self.cached + n
-        ids, positions = [self.prompt_ids[lo:hi]], [self.prompt_positions[lo:hi]]
-        if hi > self.prompt_len:
-            a, b = max(lo, self.prompt_len) - self.prompt_len, hi - self.prompt_len
-            ids.append(torch.tensor(self.output[a:b], dtype=torch.long, device=device))
-            after = range(self._position_after_prompt(a), self._position_after_prompt(b))
-            positions.append(torch.tensor(after, dtype=torch.long, device=device))
-        return torch.cat(ids), torch.cat(positions)
-
-    def _position_after_prompt(self, i: int) -> int:
+    def position_after_prompt(self, i: int) -> int:
         """Position id of generated token i."""
         last = self.request.position_ids[-1] if self.request.position_ids else self.prompt_len - 1
         return last + 1 + i
-
-    def splice(self, embeds: torch.Tensor, start: int, n: int) -> None:
-        """In the packed embeddings, where prompt tokens [cached, cached + n) sit at
-        [start, start + n), put each multimodal segment in place of its placeholder tokens."""
-        lo, hi = self.cached, self.cached + n
-        for segment in self.segments:
-            a, b = max(segment.start, lo), min(segment.end, hi)
-            if a < b:
-                target = slice(start + a - lo, start + b - lo)
-                embeds[target] = segment.embeddings[a - segment.start : b - segment.start]

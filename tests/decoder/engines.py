@@ -1,4 +1,4 @@
-"""Building engines over a model, and driving them, for the scheduler tests."""
+"""Building engines over a model, and driving them, for the engine tests."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def make_engine(
     total_tokens: int = 4096,
     max_model_len: int = 256,
     chunk: int = 64,
+    max_waiting: int = 256,
     block_size: int = 8,
     eos: tuple[int, ...] = EOS,
     prefix_caching: bool = True,  # the service's default
@@ -29,7 +30,7 @@ def make_engine(
         head_dim=config.head_dim, num_blocks=total_tokens // block_size, block_size=block_size,
         dtype=model.dtype, device=model.device, prefix_caching=prefix_caching,
     )  # fmt: skip
-    limits = EngineLimits(max_running, max_model_len, chunk)
+    limits = EngineLimits(max_running, max_model_len, chunk, max_waiting)
     return Engine(model, cache, limits, eos_token_ids=eos)
 
 

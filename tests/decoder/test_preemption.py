@@ -39,9 +39,9 @@ def test_requests_start_together_and_the_newest_is_preempted_then_resumed(
             outputs.setdefault(out.request_id, []).append(out)
         # reserving prompt + max_tokens up front would have run them one at a time
         assert engine.stats().waiting == 0
-        if engine.preempted and preempted_at is None:
+        if engine.scheduler.preempted and preempted_at is None:
             preempted_at = len(outputs["new"])
-            assert [s.request_id for s in engine.preempted] == ["new"]  # never the oldest
+            assert [s.request_id for s in engine.scheduler.preempted] == ["new"]  # never the oldest
     assert preempted_at is not None, "the cache never ran out: the test lost its point"
     assert 0 < preempted_at < 30
     assert {rid: tokens(outs) for rid, outs in outputs.items()} == alone
@@ -55,7 +55,7 @@ def test_a_preempted_request_can_be_cancelled(tiny_model: ServingGlm4) -> None:
     for r in two_requests():
         engine.add(r)
     before = 0
-    while not engine.preempted:
+    while not engine.scheduler.preempted:
         before += sum(out.request_id == "old" for out in engine.step())
     engine.abort("new")
     engine.add(request("new", 4, max_tokens=2))  # the id is free again at once
@@ -63,4 +63,4 @@ def test_a_preempted_request_can_be_cancelled(tiny_model: ServingGlm4) -> None:
     assert before + len(tokens(outputs["old"])) == 30 and len(tokens(outputs["new"])) == 2
     stats = engine.stats()
     assert (stats.running, stats.waiting, stats.free_cache_tokens) == (0, 0, 64)
-    assert sorted(engine.free_rows) == list(range(16))
+    assert sorted(engine.scheduler.free_rows) == list(range(16))

@@ -130,9 +130,9 @@ def test_requests_are_checked_and_hashed_off_the_engine_thread(tiny_model: Servi
     request = gen("r", ids(20, seed=6))
     with ThreadPoolExecutor(1) as pool:  # what the runner does, so decoding never waits on it
         pending = pool.submit(engine.prepare, request).result()
-    assert not engine.waiting and pending.block_hashes == block_hashes(request, BLOCK)
+    assert not engine.scheduler.waiting and pending.block_hashes == block_hashes(request, BLOCK)
     engine.add(pending)
-    assert list(engine.waiting) == [pending]
+    assert list(engine.scheduler.waiting) == [pending]
     with pytest.raises(InvalidInput, match="input_ids"):
         engine.prepare(gen("bad", (10**6,)))
 

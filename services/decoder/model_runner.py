@@ -1,0 +1,88 @@
+"""The device side of an engine step: runs a scheduler's ``Plan`` through the model.
+
+It owns what lives on the model's device per running row: the slot table (the flat cache
+slot of every logical token of the request holding each row), each request's prompt
+(``packing.DevicePrompt``) and the sampler's state. ``run`` sets up newly admitted rows and
+newly taken cache blocks, packs the step into one forward (packing.py) and samples the next
+token of every request the plan names.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from services.common.errors import InvalidInput
+from services.decoder.kv_cache import KVCache
+from services.decoder.model import Glm4ForCausalLM
+from services.decoder.packing import DevicePrompt, Segment, pack, splice
+from services.decoder.sampling import Sampler
+from services.decoder.scheduler import EngineLimits, Plan
+from services.decoder.sequence import Sequence
+from services.decoder.types import GenerateRequest, TokenLogprob
+
+
+class ModelRunner:
+    def __init__(self, model: Glm4ForCausalLM, cache: KVCache, limits: EngineLimits) -> None:
+        self.model = model
+        self.cache = cache
+        self.max_model_len = limits.max_model_len
+        self.device = model.device
+        self.vocab_size = int(model.config.vocab_size)
+        self.hidden_size = int(model.config.hidden_size)
+        rows = limits.max_running_requests
+        self.sampler = Sampler(rows, self.vocab_size, self.device)
+        self.slot_table = torch.zeros(
+            rows, limits.max_model_len, dtype=torch.long, device=self.device
+        )
+
+    def validate(self, request: GenerateRequest) -> None:
+        """Reject what this model cannot read. Reads only fixed settings: any thread may."""
+        if min(request.input_ids) < 0 or max(request.input_ids) >= self.vocab_size:
+            raise InvalidInput(f"input_ids must be in [0, {self.vocab_size})")
+        if request.position_ids is not None and min(request.position_ids) < 0:
+            raise InvalidInput("position_ids must be >= 0")
+        for segment in request.segments:
+            if segment.embeddings.shape[1] != self.hidden_size:
+                raise InvalidInput(
+                    f"segment at offset {segment.offset} has width {segment.embeddings.shape[1]}; "
+                    f"the decoder's hidden size is {self.hidden_size}"
+                )
+            if not segment.embeddings.is_floating_point():
+                raise InvalidInput("segment embeddings must be floating point")
+
+    @torch.inference_mode()
+    def run(self, plan: Plan) -> tuple[list[int], list[TokenLogprob | None]]:
+        """The token (and logprob, where asked) of each of ``plan.to_sample()``'s requests."""
+        for seq in plan.admitted:
+            self._set_up(seq)
+        for seq, first in plan.new_blocks:
+            self._map(seq, first)
+        ids, positions, batch = pack(plan, self.slot_table)
+        embeds = splice(plan, self.model.embed(ids))
+        hidden = self.model(None, positions, batch, self.cache, inputs_embeds=embeds)
+        sampled, index = plan.to_sample()
+        if not sampled:
+            return [], []
+        logits = self.model.logits(hidden[self._longs(index)])
+        return self.sampler.sample(logits, [s.row for s in sampled])
+
+    def _set_up(self, seq: Sequence) -> None:
+        """A newly admitted request's row: its sampler state and its prompt on the device."""
+        request = seq.request
+        self.sampler.assign(seq.row, request.sampling)
+        segments = tuple(
+            Segment(s.offset, s.offset + s.length, s.embeddings.to(self.device, self.model.dtype))
+            for s in request.segments
+        )
+        positions = request.position_ids or range(seq.prompt_len)
+        seq.inputs = DevicePrompt(self._longs(request.input_ids), self._longs(positions), segments)
+
+    def _map(self, seq: Sequence, first: int) -> None:
+        """Point the request's slot-table row at the slots of its blocks from ``first`` on."""
+        size = self.cache.block_size
+        lo = first * size
+        end = min(len(seq.blocks) * size, self.max_model_len)
+        self.slot_table[seq.row, lo:end] = self.cache.slots(seq.blocks[first:], end - lo)
+
+    def _longs(self, values: object) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
