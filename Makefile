@@ -11,7 +11,11 @@ GPTQ := $(BUNDLE)/decoder-gptq/quantize_config.json
 
 .PHONY: up test test-fast env bundle quantize protos lint bench device-check clean
 
-up: env bundle quantize
+# An imported checkpoint (its bundle.json names an architecture) is quantized only when asked,
+# `make quantize BUNDLE=...`: GPTQ of a 9B model takes hours; until then it is served as it is.
+IMPORTED := $(shell grep -qs '"architecture"' $(BUNDLE)/bundle.json && echo yes)
+
+up: env bundle $(if $(IMPORTED),,quantize)
 	$(BIN)/autoglm up --bundle $(BUNDLE)
 
 test: env

@@ -41,12 +41,14 @@ from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.responses import ChatCompletion, Completion, ModelCard, ModelList
 from services.common.device import resolve_device
 from services.common.grpc_server import configure_logging
+from services.common.health import AUDIO_SERVICE, DECODER_SERVICE, VISION_SERVICE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
 MODEL_INFO_TIMEOUT_S = 2.0
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+ENCODER_SERVICES = {"image": VISION_SERVICE, "audio": AUDIO_SERVICE}
 
 
 class Gateway:
@@ -60,8 +62,9 @@ class Gateway:
         self.http = httpx.AsyncClient()
         self.clients = ServiceClients(config)
         self.pipeline = Pipeline(
-            config, prompter, fusion, self.clients, MediaLoader(config, self.http)
-        )
+            config, prompter, fusion, self.clients, MediaLoader(config, self.http),
+            self.bundle.modalities,
+        )  # fmt: skip
         version = importlib.metadata.version("autoglm-serve")
         self.formatter = Formatter(
             model=self.bundle.served_model_name,
@@ -69,6 +72,9 @@ class Gateway:
             tokenizer=prompter.tokenizer.backend_tokenizer,
         )
         self.started = int(time.time())
+        # the services this bundle needs: no audio encoder for a model that takes no audio
+        encoders = [ENCODER_SERVICES[m] for m in self.bundle.modalities if m in ENCODER_SERVICES]
+        self.backends = [DECODER_SERVICE, *encoders]
 
     async def close(self) -> None:
         await self.clients.close()
@@ -87,7 +93,10 @@ class Gateway:
         else:
             max_model_len = info.max_model_len
         return ModelCard(
-            id=self.bundle.served_model_name, created=self.started, max_model_len=max_model_len
+            id=self.bundle.served_model_name,
+            created=self.started,
+            max_model_len=max_model_len,
+            modalities=list(self.bundle.modalities),
         )
 
 
@@ -231,8 +240,9 @@ async def get_model(model_id: str, request: Request) -> ModelCard:
 
 
 async def health(request: Request) -> JSONResponse:
-    """200 when all three services report SERVING under their names, else 503."""
-    services = await _gateway(request).clients.health()
+    """200 when every service the bundle needs reports SERVING under its name, else 503."""
+    gateway = _gateway(request)
+    services = await gateway.clients.health(gateway.backends)
     ok = all(services.values())
     payload = {"status": "ok" if ok else "unavailable", "services": services}
     return JSONResponse(payload, status_code=200 if ok else 503)

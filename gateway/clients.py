@@ -102,15 +102,16 @@ class ServiceClients:
         for channel in self.channels.values():
             await channel.close()
 
-    async def health(self) -> dict[str, bool]:
-        """Each service's named health status (the overall one is SERVING from the start)."""
+    async def health(self, names: Sequence[str]) -> dict[str, bool]:
+        """The named health status of each of these services (the overall one is SERVING from
+        the start)."""
         status: dict[str, bool] = {}
 
         async def check(name: str) -> None:
             status[name] = await is_serving(self.channels[name], name)
 
         async with anyio.create_task_group() as group:
-            for name in self.channels:
+            for name in names:
                 group.start_soon(check, name)
         return status
 

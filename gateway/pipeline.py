@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -24,10 +24,16 @@ import torch
 from gateway.chat import ChatPrompter, Prompt
 from gateway.clients import Deadline, ServiceClients
 from gateway.config import GatewayConfig
-from gateway.errors import ContextLengthExceeded
+from gateway.errors import ApiError, ContextLengthExceeded
 from gateway.fusion import FusionModel
 from gateway.media import MediaLoader
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, GenerationParams
+from gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerationParams,
+    ImagePart,
+    MediaPart,
+)
 from gateway.reasoning import Delta, OutputParser, ReasoningOutput
 from services.decoder.types import GenerateRequest, MultimodalSegment, TokenLogprob
 
@@ -126,6 +132,7 @@ class Pipeline:
         fusion: FusionModel,
         clients: ServiceClients,
         media: MediaLoader,
+        modalities: Sequence[str],
     ) -> None:
         self.config = config
         self.prompter = prompter
@@ -133,9 +140,21 @@ class Pipeline:
         self.fusion = fusion
         self.clients = clients
         self.media = media
+        self.modalities = tuple(modalities)
         self._context_length: int | None = None
 
+    def _check_modalities(self, parts: Sequence[MediaPart]) -> None:
+        """Media of a kind the model has no encoder for is a 400, before anything runs."""
+        for part in parts:
+            kind = "image" if isinstance(part, ImagePart) else "audio"
+            if kind not in self.modalities:
+                raise ApiError(
+                    f"this model has no {kind} encoder: it takes {', '.join(self.modalities)}",
+                    param="messages",
+                )
+
     async def prepare_chat(self, body: ChatCompletionRequest, request_id: str) -> Job:
+        self._check_modalities(body.media_parts())
         deadline = Deadline(self.config.request_timeout_s)
         media = await self.media.load(body.media_parts())
         encoded = await self.clients.encode(media, request_id, deadline)

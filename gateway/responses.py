@@ -142,6 +142,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "autoglm-serve"
     max_model_len: int | None = None
+    modalities: list[str] = ["text"]  # what the model takes: text, image, audio
 
 
 class ModelList(BaseModel):

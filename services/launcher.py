@@ -1,10 +1,10 @@
 """`autoglm up`: the whole stack on one machine, one process per service, like compose does.
 
-Starts vision, audio, decoder and the gateway as ``python -m services.cli serve <name>``
-processes, prefixes their logs with the service name, waits until each reports ready (the named
-gRPC health service, then the gateway's ``/health``), prints the URL, and then supervises: Ctrl-C
-or SIGTERM is forwarded to every child, and when one child dies the others are stopped with a
-message naming it and ``up`` exits non-zero.
+Starts the services the bundle needs (vision and audio only when it has those encoders) as
+``python -m services.cli serve <name>`` processes, prefixes their logs with the service name,
+waits until each reports ready (the named gRPC health service, then the gateway's ``/health``),
+prints the URL, and then supervises: Ctrl-C or SIGTERM is forwarded to every child, and when one
+child dies the others are stopped with a message naming it and ``up`` exits non-zero.
 
 This module stays light (no torch, no fastapi): the CLI imports it to build ``up``'s flags.
 """
@@ -23,12 +23,13 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import IO, ClassVar
 
-from bundle.layout import Bundle
+from bundle.layout import DEFAULT, Bundle
 from services.common.config import ServiceConfig, setting
 from services.common.grpc_server import SHUTDOWN_GRACE_S
 from services.health_probe import GRPC_SERVICE_NAMES, grpc_ready, http_ready
 
 SERVICES = ("vision", "audio", "decoder", "gateway")
+ENCODER_PARTS = {"vision": "vision", "audio": "audio"}  # service -> the bundle part it serves
 POLL_S = 0.5
 # A child gets the servers' own grace period to drain, plus a little, before it is killed.
 STOP_TIMEOUT_S = SHUTDOWN_GRACE_S + 5
@@ -95,8 +96,9 @@ class LauncherConfig(ServiceConfig):
     def gateway_url(self) -> str:
         return f"http://{self.target_of('gateway')}"
 
-    def serve_args(self, service: str) -> list[str]:
-        """The ``autoglm`` arguments that start one service of this stack."""
+    def serve_args(self, service: str, decoder_quantization: str = "") -> list[str]:
+        """The ``autoglm`` arguments that start one service of this stack; the decoder's
+        quantization is the one asked for, else ``decoder_quantization``, else its default."""
         args = [
             "serve", service,
             "--bundle", str(self.bundle),
@@ -106,12 +108,27 @@ class LauncherConfig(ServiceConfig):
             "--max-message-mb", str(self.max_message_mb),
             "--log-level", self.log_level,
         ]  # fmt: skip
-        if service == "decoder" and self.decoder_quantization:
-            args += ["--quant", self.decoder_quantization]
+        quantization = self.decoder_quantization or decoder_quantization
+        if service == "decoder" and quantization:
+            args += ["--quant", quantization]
         if service == "gateway":
             for backend in GRPC_SERVICE_NAMES:
                 args += [f"--{backend}-target", self.target_of(backend)]
         return args
+
+
+def services_for(bundle: Bundle) -> tuple[str, ...]:
+    """The services a bundle needs: no audio service for a model without an audio encoder."""
+    return tuple(s for s in SERVICES if s not in ENCODER_PARTS or bundle.has(ENCODER_PARTS[s]))
+
+
+def default_decoder_quantization(bundle: Bundle) -> str:
+    """An imported checkpoint is served as it is until `autoglm quantize` has made its GPTQ
+    checkpoint (quantizing a 9B model takes hours: never unasked); the default bundle keeps
+    the decoder's own default."""
+    if bundle.architecture == DEFAULT or (bundle.decoder_gptq / "quantize_config.json").is_file():
+        return ""
+    return "none"
 
 
 def _exit_reason(code: int) -> str:
@@ -121,10 +138,12 @@ def _exit_reason(code: int) -> str:
 
 
 class Stack:
-    """The four child processes, their log pumps, and the stop request from a signal."""
+    """The child processes, their log pumps, and the stop request from a signal."""
 
-    def __init__(self, config: LauncherConfig, out: IO[str]) -> None:
+    def __init__(self, config: LauncherConfig, bundle: Bundle, out: IO[str]) -> None:
         self.config = config
+        self.services = services_for(bundle)
+        self.decoder_quantization = default_decoder_quantization(bundle)
         self.out = out
         self.processes: dict[str, subprocess.Popen[str]] = {}
         self.stop_signal: int | None = None
@@ -146,9 +165,12 @@ class Stack:
         return self._stop_requested.wait(seconds)
 
     def start(self) -> None:
-        for name in SERVICES:
+        if not self.config.decoder_quantization and self.decoder_quantization == "none":
+            self.say("up", "no GPTQ checkpoint yet (`autoglm quantize`): decoder unquantized")
+        for name in self.services:
+            args = self.config.serve_args(name, self.decoder_quantization)
             process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", *self.config.serve_args(name)],
+                [sys.executable, "-m", "services.cli", *args],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -221,7 +243,7 @@ def _wait_until_ready(stack: Stack) -> int | None:
     """None once every service is ready; an exit code when start-up failed or was stopped."""
     timeout_s = stack.config.startup_timeout_s
     started = time.monotonic()
-    waiting = list(SERVICES)
+    waiting = list(stack.services)
     while True:
         # The gateway is ready only after its backends: ask it last, not every round.
         asking = [n for n in waiting if n != "gateway"] or waiting
@@ -265,7 +287,7 @@ def run(config: LauncherConfig) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"autoglm up: {exc}", file=sys.stderr)
         return 2
-    stack = Stack(config, sys.stdout)
+    stack = Stack(config, bundle, sys.stdout)
     with _signals_forwarded_to(stack):
         try:
             stack.start()

@@ -14,11 +14,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bundle.layout import Bundle
 from services import health_probe
 from services.cli import build_parser
 from services.common.config import add_config_args, config_from_args
 from services.health_probe import GRPC_SERVICE_NAMES
-from services.launcher import SERVICES, LauncherConfig
+from services.launcher import (
+    SERVICES,
+    LauncherConfig,
+    default_decoder_quantization,
+    services_for,
+)
 from testkit.processes import Up, alive, free_port
 from tests.deploy.autoglm_args import parse_autoglm
 
@@ -164,3 +170,28 @@ def test_when_one_service_dies_up_stops_the_rest_and_names_it(launcher: Up) -> N
     assert launcher.wait(STOP_TIMEOUT_S) != 0
     assert "decoder was killed by SIGKILL; stopping vision, audio, gateway" in launcher.log
     assert [name for name, pid in children.items() if alive(pid)] == []
+
+
+def bundle_of(architecture: str, parts: tuple[str, ...], root: Path = Path("/b")) -> Bundle:
+    return Bundle(root, "m", {p: "." for p in parts}, architecture)
+
+
+def test_up_starts_only_the_services_the_bundle_needs() -> None:
+    assert services_for(bundle_of("default", ("decoder", "vision", "audio", "fusion"))) == SERVICES
+    glm4v = bundle_of("glm4v", ("decoder", "vision", "fusion"))
+    assert services_for(glm4v) == ("vision", "decoder", "gateway")
+    assert services_for(bundle_of("glm4", ("decoder",))) == ("decoder", "gateway")
+
+
+def test_an_imported_bundle_is_served_unquantized_until_quantized(tmp_path: Path) -> None:
+    imported = bundle_of("glm4v", ("decoder", "vision", "fusion"), tmp_path)
+    assert default_decoder_quantization(imported) == "none"
+    config = LauncherConfig(bundle=tmp_path)
+    assert "none" in config.serve_args("decoder", default_decoder_quantization(imported))
+    asked = LauncherConfig(bundle=tmp_path, decoder_quantization="int8")
+    assert "int8" in asked.serve_args("decoder", default_decoder_quantization(imported))
+    imported.decoder_gptq.mkdir()
+    (imported.decoder_gptq / "quantize_config.json").write_text("{}")
+    assert default_decoder_quantization(imported) == ""
+    default = bundle_of("default", ("decoder", "vision", "audio", "fusion"), tmp_path / "d")
+    assert default_decoder_quantization(default) == ""
