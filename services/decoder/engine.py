@@ -2,7 +2,7 @@
 
 It joins the scheduler (scheduler.py: which requests run each step, and the cache blocks they
 hold; pure Python) to the model runner (model_runner.py: the forward and the sampler on the
-model's device). The engine is driven from one thread (runner.py); nothing here is
+model's device). The engine is driven from one thread (engine_thread.py); nothing here is
 thread-safe, except ``validate`` and ``prepare``, which read only fixed settings.
 """
 

@@ -18,7 +18,8 @@ import dataclasses
 
 import torch
 
-from services.decoder.prefix_cache import BlockHash, BlockPool, block_hashes
+from services.decoder.block_pool import BlockHash, BlockPool
+from services.decoder.prefix_cache import block_hashes
 from services.decoder.types import GenerateRequest
 
 

@@ -35,7 +35,7 @@ from services.decoder.sequence import Pending, Sequence
 from services.decoder.types import FinishReason, GenerateOutput
 
 if TYPE_CHECKING:
-    from services.decoder.prefix_cache import BlockPool
+    from services.decoder.block_pool import BlockPool
     from services.decoder.types import GenerateRequest, TokenLogprob
 
 

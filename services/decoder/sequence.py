@@ -8,7 +8,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from services.decoder.prefix_cache import BlockHash
+    from services.decoder.block_pool import BlockHash
     from services.decoder.types import GenerateRequest
 
 

@@ -13,8 +13,8 @@ from autoglm.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common.grpc_server import Slot, configure_logging, serve
 from services.common.health import DECODER_SERVICE
 from services.decoder.config import DecoderConfig
+from services.decoder.engine_thread import EngineThread
 from services.decoder.loader import LoadedDecoder, load_decoder
-from services.decoder.runner import EngineRunner
 from services.decoder.types import GenerateRequest
 
 REQUEST_ID_METADATA = "x-request-id"
@@ -23,7 +23,7 @@ REQUEST_ID_METADATA = "x-request-id"
 @dataclasses.dataclass(frozen=True)
 class _Running:
     decoder: LoadedDecoder
-    runner: EngineRunner
+    engine_thread: EngineThread
 
 
 class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
@@ -38,7 +38,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         if not generate.request_id:
             generate = dataclasses.replace(generate, request_id=_request_id(context))
         # a cancelled call raises CancelledError in here; leaving the stream aborts the request
-        async for output in running.runner.generate(generate):
+        async for output in running.engine_thread.generate(generate):
             yield output.to_pb()
 
     async def Info(
@@ -62,16 +62,16 @@ async def _serve(config: DecoderConfig) -> None:
 
     def load() -> None:
         decoder = load_decoder(config)
-        runner = EngineRunner(decoder.engine, loop)
-        runner.start()
-        slot.set(_Running(decoder, runner))
+        engine_thread = EngineThread(decoder.engine, loop)
+        engine_thread.start()
+        slot.set(_Running(decoder, engine_thread))
 
     async def on_stop() -> None:
         try:
             running = slot.get()
         except Exception:  # stopped before the model finished loading
             return
-        await asyncio.to_thread(running.runner.stop)
+        await asyncio.to_thread(running.engine_thread.stop)
 
     await serve(
         config,

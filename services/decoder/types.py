@@ -1,16 +1,21 @@
 """The decoder's domain types. They own their protobuf conversions, so the engine and the model
-work on these plain dataclasses and token ids and never touch gRPC types."""
+work on these plain dataclasses and token ids and never touch gRPC types.
+
+Importing this module does not import torch (the scheduler, pure Python, uses these types):
+only a multimodal segment holds a tensor, and its conversions load the tensor codec when called.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-
-import torch
+from typing import TYPE_CHECKING
 
 from autoglm.v1 import decoder_pb2
 from services.common.errors import InvalidInput
-from services.common.tensors import tensor_from_pb, tensor_to_pb
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_TOP_LOGPROBS = 20
 
@@ -106,12 +111,16 @@ class MultimodalSegment:
         return int(self.embeddings.shape[0])
 
     def to_pb(self) -> decoder_pb2.MultimodalSegment:
+        from services.common.tensors import tensor_to_pb  # torch, only where a tensor is
+
         return decoder_pb2.MultimodalSegment(
             offset=self.offset, embeddings=tensor_to_pb(self.embeddings)
         )
 
     @classmethod
     def from_pb(cls, pb: decoder_pb2.MultimodalSegment) -> MultimodalSegment:
+        from services.common.tensors import tensor_from_pb  # torch, only where a tensor is
+
         embeddings = tensor_from_pb(pb.embeddings)
         if embeddings.dim() != 2:
             raise InvalidInput(

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from services.common.errors import InvalidInput
+from services.decoder.block_pool import BlockPool
 from services.decoder.engine import Engine
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
-from services.decoder.prefix_cache import BlockPool, block_hashes
+from services.decoder.prefix_cache import block_hashes
 from services.decoder.types import GenerateRequest, MultimodalSegment, StoppingParams
 from tests.decoder.engines import make_engine
 

@@ -5,11 +5,14 @@ EOS, so each runs exactly max_tokens steps once it has its first token."""
 from __future__ import annotations
 
 import collections
+import subprocess
+import sys
 
 import pytest
 
 from services.common.errors import InvalidInput, Overloaded, TooLarge
-from services.decoder.prefix_cache import BlockPool, block_hashes
+from services.decoder.block_pool import BlockPool
+from services.decoder.prefix_cache import block_hashes
 from services.decoder.scheduler import EngineLimits, Plan, Scheduler
 from services.decoder.sequence import Pending, Sequence
 from services.decoder.types import (
@@ -192,3 +195,15 @@ def test_a_full_waiting_queue_refuses_new_requests_until_it_drains() -> None:
     step(s)  # a takes the row
     s.add(pending("c", 4, first=90))
     assert [r.request_id for r in s.waiting] == ["b", "c"]
+
+
+def test_the_scheduler_imports_without_torch() -> None:
+    """Pure Python: the scheduler, its sequences, block pool and types load no torch."""
+    probe = (
+        "import sys, services.decoder.scheduler, services.decoder.block_pool; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

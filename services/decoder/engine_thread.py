@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 _Message = tuple[str, Pending | str | None]
 
 
-class EngineRunner:
+class EngineThread:
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
         self.engine = engine
         self._loop = loop
