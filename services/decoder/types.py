@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from autoglm.v1 import decoder_pb2
 from services.common.errors import InvalidInput
+from services.decoder.positions import PositionIds
 
 if TYPE_CHECKING:
     import torch
@@ -136,13 +137,16 @@ class GenerateRequest:
     sampling: SamplingParams = SamplingParams()
     stopping: StoppingParams = StoppingParams()
     segments: tuple[MultimodalSegment, ...] = ()
-    position_ids: tuple[int, ...] | None = None
+    positions: PositionIds | None = None  # None: 0..n-1 on every axis
 
     def __post_init__(self) -> None:
         if not self.input_ids:
             raise InvalidInput("input_ids must not be empty")
-        if self.position_ids is not None and len(self.position_ids) != len(self.input_ids):
-            raise InvalidInput("position_ids must be as long as input_ids")
+        if self.positions is not None and self.positions.length != len(self.input_ids):
+            raise InvalidInput(
+                f"position ids have {self.positions.length} per row, input_ids "
+                f"{len(self.input_ids)}"
+            )
         end = 0
         for segment in sorted(self.segments, key=lambda s: s.offset):
             if segment.offset < end:
@@ -156,7 +160,7 @@ class GenerateRequest:
             request_id=self.request_id,
             input_ids=list(self.input_ids),
             segments=[s.to_pb() for s in self.segments],
-            position_ids=list(self.position_ids or ()),
+            positions=self.positions.to_pb() if self.positions else None,
             sampling=self.sampling.to_pb(),
             stopping=self.stopping.to_pb(),
         )
@@ -169,7 +173,7 @@ class GenerateRequest:
             sampling=SamplingParams.from_pb(pb.sampling),
             stopping=StoppingParams.from_pb(pb.stopping),
             segments=tuple(MultimodalSegment.from_pb(s) for s in pb.segments),
-            position_ids=tuple(pb.position_ids) or None,
+            positions=PositionIds.from_pb(pb.positions) if pb.HasField("positions") else None,
         )
 
 
