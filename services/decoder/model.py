@@ -30,6 +30,18 @@ from services.decoder.rope import Rope, RotaryEmbedding, apply_rotary
 from services.decoder.text_config import TextModelConfig
 
 
+def read_text_weights(folder: Path | str, config: TextModelConfig) -> dict[str, torch.Tensor]:
+    """The text model's tensors of a checkpoint folder, read in place and named as in this
+    module (``model.*``, ``lm_head.*``): a GLM-4.1V checkpoint's ``model.language_model.*``
+    become ``model.*``, and its vision tower's tensors are never read."""
+    tensors = {f"model.{k}": v for k, v in read_tensors(folder, config.weight_prefix).items()}
+    if config.tie_word_embeddings:
+        tensors.setdefault("lm_head.weight", tensors["model.embed_tokens.weight"])
+    else:
+        tensors.update({f"lm_head.{k}": v for k, v in read_tensors(folder, "lm_head.").items()})
+    return tensors
+
+
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
@@ -205,11 +217,7 @@ class Glm4ForCausalLM(nn.Module):
         or the language model of a Glm4vForConditionalGeneration (its vision tower's weights
         are never read)."""
         config = TextModelConfig.from_pretrained(path)
-        tensors = {f"model.{k}": v for k, v in read_tensors(path, config.weight_prefix).items()}
-        if config.tie_word_embeddings:
-            tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
-        else:
-            tensors.update({f"lm_head.{k}": v for k, v in read_tensors(path, "lm_head.").items()})
+        tensors = read_text_weights(path, config)
         # one tensor at a time: the checkpoint's copy is freed as the converted one is made
         state = {
             name: tensors.pop(name).to(device=device, dtype=dtype)

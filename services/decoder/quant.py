@@ -15,15 +15,18 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from bundle.checkpoint import read_tensors
 from quantize.checkpoint import QUANT_PARTS, read_quant_config
 from services.decoder.config import QUANT_CHOICES
 from services.decoder.gptq_linear import GPTQLinear
+from services.decoder.model import read_text_weights
+from services.decoder.text_config import TextModelConfig
 
 if TYPE_CHECKING:
     from bundle.layout import Bundle
 
 log = logging.getLogger(__name__)
+
+FUSED_GATE_UP = "gate_up_proj"
 
 
 def apply_quantization(
@@ -72,10 +75,11 @@ def _apply_gptq(model: nn.Module, folder: Path, device: torch.device) -> str:
             "(or serve the decoder with --quant none, nf4 or int8)"
         )
     config = read_quant_config(folder)
-    tensors = read_tensors(folder, "")  # a whole model: every tensor of it
+    # named as the model's own checkpoint is: GLM-4.1V's model.language_model.* included
+    tensors = read_text_weights(folder, _text_config(model))
     used: set[str] = set()
 
-    def build(name: str, linear: nn.Linear) -> nn.Module:
+    def gptq_linear(name: str, dtype: torch.dtype) -> GPTQLinear:
         keys = {part: f"{name}.{part}" for part in QUANT_PARTS}
         missing = [key for key in keys.values() if key not in tensors]
         if missing:
@@ -85,20 +89,61 @@ def _apply_gptq(model: nn.Module, folder: Path, device: torch.device) -> str:
         if bias is not None:
             used.add(f"{name}.bias")
         return GPTQLinear(
-            tensors[keys["qweight"]],
-            tensors[keys["qzeros"]],
-            tensors[keys["scales"]],
-            tensors[keys["g_idx"]],
+            *(tensors[keys[part]] for part in QUANT_PARTS),
             bias,
             bits=config.bits,
             checkpoint_format=config.checkpoint_format,
-            dtype=linear.weight.dtype,
+            dtype=dtype,
             device=device,
         )
+
+    def build(name: str, linear: nn.Linear) -> nn.Module:
+        if name.endswith(FUSED_GATE_UP) and f"{name}.qweight" not in tensors:
+            base = name.removesuffix(FUSED_GATE_UP)
+            if not _fuse_split_gate_up(tensors, base, used):  # act-order: one input order each
+                halves = (f"{base}gate_proj", f"{base}up_proj")
+                return JoinedLinear(*(gptq_linear(h, linear.weight.dtype) for h in halves))
+        return gptq_linear(name, linear.weight.dtype)
 
     _replace_linears(model, build)
     _load_unquantized(model, {k: v for k, v in tensors.items() if k not in used}, folder)
     return f"gptq-{config.bits}bit"
+
+
+def _text_config(model: nn.Module) -> TextModelConfig:
+    """The serving model's, or that of transformers' Glm4ForCausalLM (which bench/quant.py and
+    the quantization tests run the checkpoint in)."""
+    config = model.config
+    return config if isinstance(config, TextModelConfig) else TextModelConfig.from_hf(config)
+
+
+class JoinedLinear(nn.Module):
+    """[gate | up] from two separately quantized halves of GLM's fused gate_up_proj."""
+
+    def __init__(self, gate: nn.Module, up: nn.Module) -> None:
+        super().__init__()
+        self.gate, self.up = gate, up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.gate(x), self.up(x)), dim=-1)
+
+
+def _fuse_split_gate_up(tensors: dict[str, torch.Tensor], base: str, used: set[str]) -> bool:
+    """GPTQModel quantizes GLM's fused ``mlp.gate_up_proj`` as two Linears, ``gate_proj`` and
+    ``up_proj``. When both share one g_idx (no act-order, the usual case), their packed tensors
+    join along the output dimension (qweight, scales and the qzeros words all run along it)
+    into the one fused Linear the model has; returns False when they do not."""
+    gate, up = f"{base}gate_proj", f"{base}up_proj"
+    if f"{gate}.g_idx" not in tensors or f"{up}.g_idx" not in tensors:
+        return True  # nothing to fuse: the caller names what is missing
+    if not torch.equal(tensors[f"{gate}.g_idx"], tensors[f"{up}.g_idx"]):
+        return False
+    for part in QUANT_PARTS:
+        halves = (tensors[f"{gate}.{part}"], tensors[f"{up}.{part}"])
+        joined = halves[0] if part == "g_idx" else torch.cat(halves, dim=-1)
+        tensors[f"{base}{FUSED_GATE_UP}.{part}"] = joined
+        used.update((f"{gate}.{part}", f"{up}.{part}"))
+    return True
 
 
 def _load_unquantized(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
