@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+
     from quantize.checkpoint import QuantConfig
 
 DEFAULT_CALIBRATION = Path(__file__).with_name("calibration.txt")
@@ -107,8 +109,20 @@ def cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_model(source: Path) -> tuple[torch.nn.Module, str, tuple[str, ...]]:
+    """transformers' model of the checkpoint, where its decoder layers sit, and the prefixes of
+    the tensors its GPTQ checkpoint holds: a GLM-4.1V checkpoint's language model and lm_head
+    under their own names (the vision tower stays out: its service quantizes it itself)."""
+    from transformers import AutoConfig, Glm4ForCausalLM, Glm4vConfig, Glm4vForConditionalGeneration
+
+    if isinstance(AutoConfig.from_pretrained(source), Glm4vConfig):
+        model = Glm4vForConditionalGeneration.from_pretrained(source, dtype="auto").eval()
+        return model, "model.language_model.layers", ("model.language_model.", "lm_head.")
+    return Glm4ForCausalLM.from_pretrained(source, dtype="auto").eval(), "model.layers", ("",)
+
+
 def _quantize(source: Path, dest: Path, config: QuantConfig, args: argparse.Namespace) -> None:
-    from transformers import AutoTokenizer, Glm4ForCausalLM
+    from transformers import AutoTokenizer
 
     from quantize.checkpoint import write_checkpoint
     from quantize.layerwise import GPTQSettings, calibration_ids, quantize_layers
@@ -118,10 +132,10 @@ def _quantize(source: Path, dest: Path, config: QuantConfig, args: argparse.Name
     text = args.calibration.read_text(encoding="utf-8")
     token_ids = tokenizer(text, verbose=False)["input_ids"]
     input_ids = calibration_ids(token_ids, args.samples, args.seq_len)
-    model = Glm4ForCausalLM.from_pretrained(source, dtype="auto").eval()
+    model, layers_path, keep = _text_model(source)
     # Everything GPTQ does not touch is written as the source has it (dtype included); clones,
     # because safetensors refuses tensors that share memory (tied embeddings).
-    unquantized = {k: v.clone() for k, v in model.state_dict().items()}
+    unquantized = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(keep)}
     settings = GPTQSettings(
         bits=config.bits,
         group_size=config.group_size,
@@ -129,7 +143,7 @@ def _quantize(source: Path, dest: Path, config: QuantConfig, args: argparse.Name
         damp_percent=config.damp_percent,
     )
     batches = [{"input_ids": chunk, "use_cache": False} for chunk in input_ids.split(8)]
-    quantized = quantize_layers(model.float(), batches, settings)
+    quantized = quantize_layers(model.float(), batches, settings, layers_path)
     for name in quantized:
         del unquantized[f"{name}.weight"]
     write_checkpoint(dest, source, unquantized, quantized, config)
