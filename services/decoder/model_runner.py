@@ -29,6 +29,7 @@ class ModelRunner:
         self.device = model.device
         self.vocab_size = int(model.config.vocab_size)
         self.hidden_size = int(model.config.hidden_size)
+        self.position_axes = model.config.position_axes  # 3 for mRoPE (t, h, w), else 1
         rows = limits.max_running_requests
         self.sampler = Sampler(rows, self.vocab_size, self.device)
         self.slot_table = torch.zeros(
@@ -39,8 +40,11 @@ class ModelRunner:
         """Reject what this model cannot read. Reads only fixed settings: any thread may."""
         if min(request.input_ids) < 0 or max(request.input_ids) >= self.vocab_size:
             raise InvalidInput(f"input_ids must be in [0, {self.vocab_size})")
-        if request.position_ids is not None and min(request.position_ids) < 0:
-            raise InvalidInput("position_ids must be >= 0")
+        axes = request.positions.axes if request.positions else 1
+        if axes not in (1, self.position_axes):
+            raise InvalidInput(
+                f"this model takes 1-D positions (one row per token), got {axes} rows"
+            )
         for segment in request.segments:
             if segment.embeddings.shape[1] != self.hidden_size:
                 raise InvalidInput(
@@ -57,7 +61,7 @@ class ModelRunner:
             self._set_up(seq)
         for seq, first in plan.new_blocks:
             self._map(seq, first)
-        ids, positions, batch = pack(plan, self.slot_table)
+        ids, positions, batch = pack(plan, self.slot_table, self.position_axes)
         embeds = splice(plan, self.model.embed(ids))
         hidden = self.model(None, positions, batch, self.cache, inputs_embeds=embeds)
         sampled, index = plan.to_sample()
@@ -74,8 +78,10 @@ class ModelRunner:
             Segment(s.offset, s.offset + s.length, s.embeddings.to(self.device, self.model.dtype))
             for s in request.segments
         )
-        positions = request.position_ids or range(seq.prompt_len)
-        seq.inputs = DevicePrompt(self._longs(request.input_ids), self._longs(positions), segments)
+        rows = request.positions.rows if request.positions else (range(seq.prompt_len),)
+        # [axes, prompt]: 1-D positions (text only) fill every axis of an mRoPE model alike
+        positions = self._longs(rows).expand(self.position_axes, -1)
+        seq.inputs = DevicePrompt(self._longs(request.input_ids), positions, segments)
 
     def _map(self, seq: Sequence, first: int) -> None:
         """Point the request's slot-table row at the slots of its blocks from ``first`` on."""

@@ -33,7 +33,7 @@ class DevicePrompt:
     context chunks are cut from."""
 
     ids: torch.Tensor  # [prompt]
-    positions: torch.Tensor  # [prompt]
+    positions: torch.Tensor  # [axes, prompt]: 3 rows (t, h, w) for mRoPE, else 1
     segments: tuple[Segment, ...]
 
 
@@ -47,17 +47,21 @@ def chunk(seq: Sequence, n: int, device: torch.device) -> tuple[torch.Tensor, to
     (recomputing after a preemption) generated ones."""
     prompt = _prompt(seq)
     lo, hi = seq.cached, seq.cached + n
-    ids, positions = [prompt.ids[lo:hi]], [prompt.positions[lo:hi]]
+    ids, positions = [prompt.ids[lo:hi]], [prompt.positions[:, lo:hi]]
     if hi > seq.prompt_len:
         a, b = max(lo, seq.prompt_len) - seq.prompt_len, hi - seq.prompt_len
         ids.append(_longs(seq.output[a:b], device))
         after = range(seq.position_after_prompt(a), seq.position_after_prompt(b))
-        positions.append(_longs(list(after), device))
-    return torch.cat(ids), torch.cat(positions)
+        positions.append(_longs(list(after), device).expand(prompt.positions.shape[0], -1))
+    return torch.cat(ids), torch.cat(positions, dim=1)
 
 
-def pack(plan: Plan, slot_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, ForwardBatch]:
-    """Token ids, positions and attention map of the packed step."""
+def pack(
+    plan: Plan, slot_table: torch.Tensor, axes: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, ForwardBatch]:
+    """Token ids, positions and attention map of the packed step. Positions are [tokens] for
+    a 1-D model (the fast path), [axes, tokens] for mRoPE (generated tokens: the same value on
+    every axis)."""
     device = slot_table.device
     ids, positions, writes, spans = [], [], [], []
     start = 0
@@ -79,10 +83,12 @@ def pack(plan: Plan, slot_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         attend = torch.arange(longest, device=device) < lengths[:, None]
         decode_mask = attend[:, None, None, :]
         ids.append(_longs([s.output[-1] for s in plan.decodes], device))
-        positions.append(_longs([s.next_position for s in plan.decodes], device))
+        next_positions = _longs([s.next_position for s in plan.decodes], device)
+        positions.append(next_positions.expand(axes, -1))
         writes.append(decode_kv_slots.gather(1, (lengths - 1)[:, None])[:, 0])
     batch = ForwardBatch(torch.cat(writes), tuple(spans), start, decode_kv_slots, decode_mask)
-    return torch.cat(ids), torch.cat(positions), batch
+    packed = torch.cat(positions, dim=1)
+    return torch.cat(ids), packed[0] if axes == 1 else packed, batch
 
 
 def splice(plan: Plan, embeds: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 from quantize.checkpoint import QUANT_PARTS, read_quant_config
 from services.decoder.config import QUANT_CHOICES
@@ -89,7 +90,10 @@ def _apply_gptq(model: nn.Module, folder: Path, device: torch.device) -> str:
         if bias is not None:
             used.add(f"{name}.bias")
         return GPTQLinear(
-            *(tensors[keys[part]] for part in QUANT_PARTS),
+            tensors[keys["qweight"]],
+            tensors[keys["qzeros"]],
+            tensors[keys["scales"]],
+            tensors[keys["g_idx"]],
             bias,
             bits=config.bits,
             checkpoint_format=config.checkpoint_format,
@@ -113,8 +117,12 @@ def _apply_gptq(model: nn.Module, folder: Path, device: torch.device) -> str:
 def _text_config(model: nn.Module) -> TextModelConfig:
     """The serving model's, or that of transformers' Glm4ForCausalLM (which bench/quant.py and
     the quantization tests run the checkpoint in)."""
-    config = model.config
-    return config if isinstance(config, TextModelConfig) else TextModelConfig.from_hf(config)
+    config = getattr(model, "config", None)
+    if isinstance(config, TextModelConfig):
+        return config
+    if isinstance(config, PretrainedConfig):
+        return TextModelConfig.from_hf(config)
+    raise TypeError(f"{type(model).__name__} has no GLM-4 text config")
 
 
 class JoinedLinear(nn.Module):

@@ -56,11 +56,11 @@ class Sequence:
 
     @property
     def next_position(self) -> int:
-        """Position id of the token fed next: generated tokens continue one by one after the
-        prompt's last position, explicit or not."""
+        """Position id of the token fed next (on every axis): generated tokens continue one by
+        one from the largest prompt position + 1, explicit or not."""
         return self.position_after_prompt(self.cached - self.prompt_len)
 
     def position_after_prompt(self, i: int) -> int:
         """Position id of generated token i."""
-        last = self.request.position_ids[-1] if self.request.position_ids else self.prompt_len - 1
-        return last + 1 + i
+        positions = self.request.positions
+        return (positions.next_position if positions else self.prompt_len) + i

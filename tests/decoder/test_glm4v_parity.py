@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import DynamicCache, Glm4vForConditionalGeneration
+from transformers import DynamicCache, Glm4vConfig, Glm4vForConditionalGeneration
+from transformers.models.glm4v.modeling_glm4v import Glm4vTextRotaryEmbedding
 
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
+from services.decoder.rope import RotaryEmbedding
 from services.decoder.text_config import TextModelConfig
 from tests.decoder.test_model_parity import TOLERANCE, decode, new_cache, prefill
 
@@ -55,6 +57,30 @@ def test_the_config_is_read_from_text_config(glm4v_checkpoint: Path) -> None:
     assert config.weight_prefix == "model.language_model."
     assert config.position_axes == 3
     assert sum(config.mrope_section) * 2 == config.rotary_dim == config.head_dim // 2
+
+
+def test_the_real_checkpoint_config_gives_the_real_rotary_layout() -> None:
+    """AutoGLM-Phone-9B's text_config as its config.json writes it (rotary settings in the
+    transformers 4 style, which transformers 5 moves into rope_parameters): head_dim 128, half
+    of it rotated, its 32 frequencies split 8 / 12 / 12 over t, h, w; cos/sin as transformers'
+    Glm4vTextRotaryEmbedding computes them."""
+    config = Glm4vConfig(
+        text_config=dict(
+            hidden_size=4096, num_attention_heads=32, num_key_value_heads=2,
+            partial_rotary_factor=0.5, rope_theta=10000,
+            rope_scaling={"type": "default", "mrope_section": [8, 12, 12]},
+        )
+    )  # fmt: skip
+    ours = TextModelConfig.from_hf(config)
+    assert (ours.head_dim, ours.rotary_dim, ours.mrope_section) == (128, 64, (8, 12, 12))
+    positions = torch.randint(0, 5000, (3, 40), generator=torch.Generator().manual_seed(8))
+    cos, sin = RotaryEmbedding(ours)(positions, torch.float32)
+    hf_cos, hf_sin = Glm4vTextRotaryEmbedding(config.text_config)(
+        torch.zeros(1), positions[:, None]
+    )
+    # transformers repeats each frequency for its pair; ours keeps one per pair
+    torch.testing.assert_close(cos[:, 0], hf_cos[0, :, ::2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(sin[:, 0], hf_sin[0, :, ::2], atol=1e-6, rtol=0)
 
 
 def test_prefill_and_cached_decode_with_3d_positions_match_transformers(

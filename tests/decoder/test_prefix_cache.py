@@ -13,6 +13,7 @@ from services.common.errors import InvalidInput
 from services.decoder.block_pool import BlockPool
 from services.decoder.engine import Engine
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
+from services.decoder.positions import PositionIds
 from services.decoder.prefix_cache import block_hashes
 from services.decoder.types import GenerateRequest, MultimodalSegment, StoppingParams
 from tests.decoder.engines import make_engine
@@ -44,9 +45,9 @@ def test_a_block_hash_covers_its_prefix_tokens_positions_and_embeddings() -> Non
     other = block_hashes(dataclasses.replace(base, input_ids=tuple(changed)), BLOCK)
     assert other[0] == hashes[0] and all(a != b for a, b in zip(other[1:], hashes[1:], strict=True))
 
-    shifted = dataclasses.replace(base, position_ids=tuple(range(1, 37)))
+    shifted = dataclasses.replace(base, positions=PositionIds.of([range(1, 37)]))
     assert block_hashes(shifted, BLOCK)[0] != hashes[0]
-    explicit = dataclasses.replace(base, position_ids=tuple(range(36)))
+    explicit = dataclasses.replace(base, positions=PositionIds.of([range(36)]))
     assert block_hashes(explicit, BLOCK) == hashes  # the same positions as the implicit ones
 
     def with_image(seed: int) -> tuple[bytes, ...]:
