@@ -83,3 +83,42 @@ def test_positions_the_model_cannot_take_are_refused(tiny_model: ServingGlm4) ->
     rows = PositionIds(((0, 1, 2),) * 3)
     with pytest.raises(InvalidInput, match="1-D"):
         engine.add(GenerateRequest("r", (5, 6, 7), positions=rows))
+
+
+def test_a_preempted_image_request_resumes_with_its_3d_positions(
+    glm4v_checkpoint: Path, reference: Glm4vForConditionalGeneration
+) -> None:
+    """Recomputing after a preemption feeds generated tokens again: they take the positions
+    after the prompt's largest one on every axis, so the tokens equal those made alone."""
+    inputs = image_inputs(reference)
+    with torch.no_grad():
+        image = reference.model.get_image_features(
+            inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True
+        ).pooler_output[0]
+        positions, _ = reference.model.get_rope_index(
+            inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"]
+        )
+    ids = inputs["input_ids"][0].tolist()
+    offset = int(inputs["mm_token_type_ids"][0].argmax())
+
+    def image_request(rid: str, first: int) -> GenerateRequest:
+        return GenerateRequest(
+            rid, (first, *ids[1:]), segments=(MultimodalSegment(offset, image),),
+            positions=PositionIds.of(positions[:, 0].tolist()),
+            stopping=StoppingParams(30, ignore_eos=True),
+        )  # fmt: skip
+
+    model = ServingGlm4.from_pretrained(glm4v_checkpoint, torch.float32, torch.device("cpu"))
+    # 12 blocks of 8 tokens; each request needs 23 + 30 tokens (7 blocks) by its end
+    small = {"total_tokens": 96, "max_model_len": 64, "block_size": 8, "eos": ()}
+    alone = {}
+    for rid, first in (("a", 5), ("b", 6)):
+        engine = make_engine(model, **small)
+        engine.add(image_request(rid, first))
+        alone[rid] = tokens(run_all(engine)[rid])
+    engine = make_engine(model, **small)
+    engine.add(image_request("a", 5))
+    engine.add(image_request("b", 6))
+    together = {rid: tokens(outs) for rid, outs in run_all(engine).items()}
+    assert engine.stats().preemptions >= 1, "the cache never ran out: the test lost its point"
+    assert together == alone
