@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from bundle import presets
+from bundle.fusion_model import FusionConfig, FusionModel
 from bundle.layout import SERVED_MODEL_NAME, Bundle
 from bundle.special_tokens import ENDOFTEXT, EOS_TOKENS
 
@@ -89,8 +90,6 @@ def _build_audio(path: Path) -> int:
 
 
 def _build_fusion(path: Path, vision: int, audio: int, decoder: int) -> None:
-    from gateway.fusion import FusionConfig, FusionModel
-
     config = FusionConfig(
         vision_hidden_size=vision, audio_hidden_size=audio, hidden_size=decoder, **presets.FUSION
     )

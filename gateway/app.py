@@ -31,7 +31,7 @@ from gateway.clients import ServiceClients
 from gateway.config import GatewayConfig
 from gateway.errors import AuthenticationFailed, ModelNotFound, install_error_handlers
 from gateway.formatting import Formatter
-from gateway.fusion import FusionModel
+from gateway.fusion import FusionStage
 from gateway.limits import BodySizeLimit
 from gateway.media import MediaLoader
 from gateway.metrics import ARRIVED, Metrics, ObserveRequests
@@ -58,7 +58,9 @@ class Gateway:
         self.config = config
         self.bundle = Bundle.load(config.bundle)
         prompter = ChatPrompter.from_pretrained(self.bundle.decoder)
-        fusion = FusionModel.from_pretrained(self.bundle.fusion, resolve_device(config.device))
+        fusion = FusionStage.load(
+            self.bundle.fusion, resolve_device(config.device), config.fusion_dtype
+        )
         self.http = httpx.AsyncClient()
         self.clients = ServiceClients(config)
         self.pipeline = Pipeline(

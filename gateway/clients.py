@@ -16,7 +16,6 @@ from collections.abc import AsyncGenerator, Sequence
 
 import anyio
 import grpc
-import torch
 
 from autoglm.v1 import (
     audio_pb2_grpc,
@@ -31,9 +30,10 @@ from services.common.grpc_server import channel_options
 from services.common.health import AUDIO_SERVICE, DECODER_SERVICE, VISION_SERVICE, is_serving
 from services.decoder.types import DecoderInfo, GenerateOutput, GenerateRequest
 from services.encoder.types import (
+    Embedding,
     EncoderInfo,
-    embeddings_from_pb,
     encode_request_to_pb,
+    encode_response_from_pb,
 )
 
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
@@ -58,27 +58,25 @@ class EmbeddingCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: collections.OrderedDict[tuple[str, str], torch.Tensor] = (
-            collections.OrderedDict()
-        )
+        self._items: collections.OrderedDict[tuple[str, str], Embedding] = collections.OrderedDict()
         self.hits = 0
 
-    def get(self, key: tuple[str, str]) -> torch.Tensor | None:
+    def get(self, key: tuple[str, str]) -> Embedding | None:
         found = self._items.get(key)
         if found is not None:
             self._items.move_to_end(key)
             self.hits += 1
         return found
 
-    def put(self, key: tuple[str, str], tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
+    def put(self, key: tuple[str, str], embedding: Embedding) -> None:
+        size = _nbytes(embedding)
         if size > self.max_bytes or key in self._items:
             return
-        self._items[key] = tensor
+        self._items[key] = embedding
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, dropped = self._items.popitem(last=False)
-            self.bytes -= dropped.numel() * dropped.element_size()
+            self.bytes -= _nbytes(dropped)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -131,9 +129,10 @@ class ServiceClients:
 
     async def encode(
         self, media: Sequence[Media], request_id: str, deadline: Deadline
-    ) -> list[torch.Tensor]:
-        """One embedding [rows, d_enc] per item, in order; cached items are not re-sent."""
-        results: list[torch.Tensor | None] = [self.cache.get((m.kind, m.sha256)) for m in media]
+    ) -> list[Embedding]:
+        """One embedding [rows, d_enc] (+ grid) per item, in order; cached items are not
+        re-sent."""
+        results: list[Embedding | None] = [self.cache.get((m.kind, m.sha256)) for m in media]
         missing = [i for i, found in enumerate(results) if found is None]
 
         async def run(kind: str, indices: list[int]) -> None:
@@ -154,7 +153,7 @@ class ServiceClients:
 
     async def _encode_kind(
         self, kind: str, items: list[Media], request_id: str, deadline: Deadline
-    ) -> list[torch.Tensor]:
+    ) -> list[Embedding]:
         """Batches of at most the encoder's max_items, sent concurrently."""
         stub = self.vision if kind == "image" else self.audio
         name = VISION_SERVICE if kind == "image" else AUDIO_SERVICE
@@ -167,7 +166,7 @@ class ServiceClients:
             self._max_items[name] = max(EncoderInfo.from_pb(info).max_items, 1)
         size = self._max_items[name]
         batches = [items[i : i + size] for i in range(0, len(items), size)]
-        outputs: list[list[torch.Tensor]] = [[] for _ in batches]
+        outputs: list[list[Embedding]] = [[] for _ in batches]
 
         async def run(index: int) -> None:
             batch = batches[index]
@@ -176,7 +175,7 @@ class ServiceClients:
                 timeout=deadline.remaining(),
                 metadata=_metadata(request_id),
             )
-            outputs[index] = embeddings_from_pb(reply)
+            outputs[index] = encode_response_from_pb(reply)
             if len(outputs[index]) != len(batch):
                 raise RuntimeError(
                     f"{name} returned {len(outputs[index])} embeddings for {len(batch)}"
@@ -200,6 +199,10 @@ class ServiceClients:
                 yield GenerateOutput.from_pb(reply, request.request_id)
         finally:
             call.cancel()
+
+
+def _nbytes(embedding: Embedding) -> int:
+    return embedding.tensor.numel() * embedding.tensor.element_size()
 
 
 def _metadata(request_id: str) -> tuple[tuple[str, str], ...]:

@@ -9,6 +9,7 @@ from typing import ClassVar
 from services.common.config import ServiceConfig, setting
 
 MIB = 1024 * 1024
+FUSION_DTYPES = ("float16", "float32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,9 @@ class GatewayConfig(ServiceConfig):
         False, "keep <think>...</think> inline in content unless a request says otherwise"
     )
     embedding_cache_mb: int = setting(256, "encoder outputs kept by content hash (0: no cache)")
+    fusion_dtype: str = setting(
+        "float16", "fusion stage dtype: float16, or float32 for parity checks"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,6 +59,10 @@ class GatewayConfig(ServiceConfig):
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.fusion_dtype not in FUSION_DTYPES:
+            raise ValueError(
+                f"fusion_dtype must be one of {FUSION_DTYPES}, got {self.fusion_dtype!r}"
+            )
         for name in ("max_images_per_request", "max_audios_per_request", "embedding_cache_mb"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -1,119 +1,59 @@
-"""FP16 cross-modal fusion: encoder embeddings -> decoder-width embeddings.
+"""The gateway's fusion stage: each media item's encoder output -> decoder-width embeddings.
 
-Each modality has a projector to the decoder width; then cross-modal attention blocks run over
-all of one request's vision and audio tokens together (a modality embedding tells them apart),
-so an image token can attend to the audio the user spoke about it. Never quantized.
+The bundle's ``fusion`` part says which model: a GLM-4.1V checkpoint (config.json model_type
+glm4v) brings its own projector, the 2x2 downsample and the patch merger
+(bundle/glm4v_projector.py), fed each image's patch states and grid; any other bundle has the
+default fusion model (bundle/fusion_model.py). Both run per item, so one item's embeddings never
+depend on the other items of the request, and in the configured dtype (float16; float32 for
+parity checks), never quantized.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
-from torch.nn import functional as F
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-VISION, AUDIO = 0, 1
+from bundle.fusion_model import FusionModel
+from bundle.glm4v_projector import Glm4vProjector, is_glm4v_checkpoint
+from services.encoder.types import Embedding
 
-
-@dataclasses.dataclass(frozen=True)
-class FusionConfig:
-    vision_hidden_size: int
-    audio_hidden_size: int
-    hidden_size: int  # the decoder's
-    num_attention_heads: int = 4
-    num_layers: int = 1
-
-    def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError("hidden_size must be divisible by num_attention_heads")
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
-class Projector(nn.Module):
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, out_features)
-        self.fc2 = nn.Linear(out_features, out_features)
+class MediaFusion(Protocol):
+    def fuse_image(
+        self, states: torch.Tensor, grid_thw: tuple[int, int, int] | None
+    ) -> torch.Tensor: ...
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+    def fuse_audio(self, states: torch.Tensor) -> torch.Tensor: ...
 
 
-class CrossModalBlock(nn.Module):
-    """Pre-norm transformer block; attention spans every media token of the request."""
+class FusionStage:
+    def __init__(self, model: MediaFusion, dtype: torch.dtype) -> None:
+        self.model = model
+        self.dtype = dtype
 
-    def __init__(self, hidden_size: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.attn_norm = nn.LayerNorm(hidden_size)
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        self.out = nn.Linear(hidden_size, hidden_size)
-        self.mlp_norm = nn.LayerNorm(hidden_size)
-        self.mlp = Projector(hidden_size, hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, width = x.shape
-        q, k, v = self.qkv(self.attn_norm(x)).view(n, 3, self.num_heads, -1).permute(1, 2, 0, 3)
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(n, width)
-        x = x + self.out(attended)
-        return x + self.mlp(self.mlp_norm(x))
-
-
-class FusionModel(nn.Module):
-    def __init__(self, config: FusionConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.vision_proj = Projector(config.vision_hidden_size, config.hidden_size)
-        self.audio_proj = Projector(config.audio_hidden_size, config.hidden_size)
-        self.modality = nn.Embedding(2, config.hidden_size)
-        self.blocks = nn.ModuleList(
-            CrossModalBlock(config.hidden_size, config.num_attention_heads)
-            for _ in range(config.num_layers)
-        )
-
-    @property
-    def device(self) -> torch.device:
-        return self.modality.weight.device
+    @classmethod
+    def load(cls, folder: Path, device: torch.device, dtype: str) -> FusionStage:
+        """The bundle's fusion part on ``device`` in ``dtype`` ("float16" or "float32")."""
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown fusion dtype {dtype!r}; choose from {tuple(DTYPES)}")
+        model: MediaFusion
+        if is_glm4v_checkpoint(folder):
+            model = Glm4vProjector.from_checkpoint(folder, device, DTYPES[dtype])
+        else:
+            model = FusionModel.from_pretrained(folder, device, DTYPES[dtype])
+        return cls(model, DTYPES[dtype])
 
     @torch.inference_mode()
     def fuse(
-        self, vision: list[torch.Tensor], audio: list[torch.Tensor]
+        self, vision: Sequence[Embedding], audio: Sequence[Embedding]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """One request's per-item encoder outputs -> per-item decoder-width fp16 embeddings
-        with the same row counts, in the same order."""
-        if not vision and not audio:
-            return [], []
-        dtype = self.modality.weight.dtype
-        parts = [
-            self.vision_proj(v.to(self.device, dtype)) + self.modality.weight[VISION]
-            for v in vision
-        ]
-        parts += [
-            self.audio_proj(a.to(self.device, dtype)) + self.modality.weight[AUDIO] for a in audio
-        ]
-        x = torch.cat(parts)
-        for block in self.blocks:
-            x = block(x)
-        fused = list(x.to(torch.float16).split([p.shape[0] for p in parts]))
-        return fused[: len(vision)], fused[len(vision) :]
-
-    def save_pretrained(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(
-            json.dumps(dataclasses.asdict(self.config), indent=2) + "\n"
-        )
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, path / WEIGHTS_FILE)
-
-    @classmethod
-    def from_pretrained(
-        cls, path: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float16
-    ) -> FusionModel:
-        config = FusionConfig(**json.loads((path / CONFIG_FILE).read_text()))
-        model = cls(config)
-        model.load_state_dict(load_file(path / WEIGHTS_FILE))
-        return model.to(device=device, dtype=dtype).eval()
+        """One request's encoder outputs -> one [tokens, decoder width] tensor per item, in
+        this stage's dtype, in order: images, then clips."""
+        images = [self.model.fuse_image(e.tensor, e.grid_thw).to(self.dtype) for e in vision]
+        clips = [self.model.fuse_audio(e.tensor).to(self.dtype) for e in audio]
+        return images, clips

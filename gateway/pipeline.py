@@ -19,13 +19,12 @@ from typing import Any
 
 import anyio
 import grpc
-import torch
 
 from gateway.chat import ChatPrompter, Prompt
 from gateway.clients import Deadline, ServiceClients
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, ContextLengthExceeded
-from gateway.fusion import FusionModel
+from gateway.fusion import FusionStage
 from gateway.media import MediaLoader
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -129,7 +128,7 @@ class Pipeline:
         self,
         config: GatewayConfig,
         prompter: ChatPrompter,
-        fusion: FusionModel,
+        fusion: FusionStage,
         clients: ServiceClients,
         media: MediaLoader,
         modalities: Sequence[str],
@@ -176,7 +175,7 @@ class Pipeline:
             template_kwargs=template_kwargs,
         )
         segments = tuple(
-            MultimodalSegment(p.offset, e.to(torch.float16))
+            MultimodalSegment(p.offset, e)
             for p, e in zip(prompt.placeholders, embeddings, strict=True)
         )
         log.info(

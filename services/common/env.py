@@ -49,6 +49,7 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_GATEWAY_MAX_BODY_MB": "largest request body the gateway accepts (413 above)",
     "AUTOGLM_GATEWAY_KEEP_REASONING_INLINE": "keep <think>...</think> in content by default",
     "AUTOGLM_GATEWAY_EMBEDDING_CACHE_MB": "encoder outputs cached by content hash (0: off)",
+    "AUTOGLM_GATEWAY_FUSION_DTYPE": "fusion stage dtype: float16 (default) or float32 (parity)",
     # `autoglm up` (the launcher) also reads the per-service variables above.
     "AUTOGLM_UP_STARTUP_TIMEOUT_S": "seconds `autoglm up` waits for the stack to be ready (600)",
 }

@@ -54,3 +54,31 @@ class EncoderInfo:
     @classmethod
     def from_pb(cls, pb: encoder_pb2.EncoderInfo) -> EncoderInfo:
         return cls(**{f.name: getattr(pb, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedding:
+    """One item's encoder output: [rows, hidden] and, from a tower at dynamic resolution
+    (GLM-4.1V), the (t, h, w) patch grid the rows come from."""
+
+    tensor: torch.Tensor
+    grid_thw: tuple[int, int, int] | None = None
+
+
+def encode_response_to_pb(embeddings: list[Embedding]) -> encoder_pb2.EncodeResponse:
+    grids = [e.grid_thw for e in embeddings]
+    if any(grid is None for grid in grids) and any(grid is not None for grid in grids):
+        raise ValueError("either every embedding has a grid_thw or none has")
+    return encoder_pb2.EncodeResponse(
+        embeddings=[tensor_to_pb(e.tensor) for e in embeddings],
+        grid_thw=[encoder_pb2.GridTHW(t=g[0], h=g[1], w=g[2]) for g in grids if g is not None],
+    )
+
+
+def encode_response_from_pb(pb: encoder_pb2.EncodeResponse) -> list[Embedding]:
+    tensors = [tensor_from_pb(t) for t in pb.embeddings]
+    if not pb.grid_thw:
+        return [Embedding(t) for t in tensors]
+    if len(pb.grid_thw) != len(tensors):
+        raise ValueError(f"{len(pb.grid_thw)} grids for {len(tensors)} embeddings")
+    return [Embedding(t, (g.t, g.h, g.w)) for t, g in zip(tensors, pb.grid_thw, strict=True)]

@@ -6,13 +6,11 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoConfig, AutoTokenizer, Glm4ForCausalLM
 
 from bundle.build import build_bundle
 from bundle.layout import Bundle
 from bundle.special_tokens import SPECIAL_TOKENS
-from gateway.fusion import FusionModel
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -72,25 +70,6 @@ def test_chat_template_renders_glm4_turns_and_media_placeholders(
         "<|begin_of_image|><|image|><|end_of_image|><|begin_of_audio|><|audio|><|end_of_audio|>"
         "<|assistant|>\n<|assistant|>\n" + ending
     )
-
-
-def test_fusion_keeps_row_counts_and_returns_decoder_width_fp16(bundle: Bundle) -> None:
-    fusion = FusionModel.from_pretrained(bundle.fusion)
-    decoder_width = AutoConfig.from_pretrained(bundle.decoder).hidden_size
-    vision, audio = fusion.fuse(
-        [torch.randn(64, 128), torch.randn(64, 128)], [torch.randn(49, 128)]
-    )
-    assert [v.shape for v in vision] == [(64, decoder_width)] * 2
-    assert [a.shape for a in audio] == [(49, decoder_width)]
-    assert vision[0].dtype == torch.float16 and torch.isfinite(vision[0]).all()
-
-
-def test_fusion_attends_across_modalities(bundle: Bundle) -> None:
-    fusion = FusionModel.from_pretrained(bundle.fusion)
-    image = torch.randn(64, 128)
-    alone, _ = fusion.fuse([image], [])
-    with_audio, _ = fusion.fuse([image], [torch.randn(49, 128)])
-    assert not torch.allclose(alone[0], with_audio[0])
 
 
 def test_missing_bundle_says_how_to_build_one(tmp_path: Path) -> None:

@@ -8,16 +8,18 @@ import pytest
 import torch
 
 from gateway.clients import Deadline, EmbeddingCache
+from services.encoder.types import Embedding
 
 
-def rows(n: int) -> torch.Tensor:
-    return torch.zeros(n, 8, dtype=torch.float16)  # 16 bytes per row
+def rows(n: int) -> Embedding:
+    return Embedding(torch.zeros(n, 8, dtype=torch.float16))  # 16 bytes per row
 
 
 def test_cache_returns_what_was_put_by_kind_and_hash() -> None:
     cache = EmbeddingCache(max_bytes=1024)
-    cache.put(("image", "aa"), rows(2))
-    assert cache.get(("image", "aa")) is not None and cache.hits == 1
+    grid = Embedding(torch.zeros(4, 8, dtype=torch.float16), (1, 2, 2))
+    cache.put(("image", "aa"), grid)
+    assert cache.get(("image", "aa")) is grid and cache.hits == 1
     assert cache.get(("audio", "aa")) is None  # same bytes, other modality: another entry
 
 

@@ -21,11 +21,23 @@ class EncodeRequest(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[MediaItem]
     def __init__(self, items: _Optional[_Iterable[_Union[MediaItem, _Mapping]]] = ...) -> None: ...
 
+class GridTHW(_message.Message):
+    __slots__ = ("t", "h", "w")
+    T_FIELD_NUMBER: _ClassVar[int]
+    H_FIELD_NUMBER: _ClassVar[int]
+    W_FIELD_NUMBER: _ClassVar[int]
+    t: int
+    h: int
+    w: int
+    def __init__(self, t: _Optional[int] = ..., h: _Optional[int] = ..., w: _Optional[int] = ...) -> None: ...
+
 class EncodeResponse(_message.Message):
-    __slots__ = ("embeddings",)
+    __slots__ = ("embeddings", "grid_thw")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    GRID_THW_FIELD_NUMBER: _ClassVar[int]
     embeddings: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
-    def __init__(self, embeddings: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ...) -> None: ...
+    grid_thw: _containers.RepeatedCompositeFieldContainer[GridTHW]
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., grid_thw: _Optional[_Iterable[_Union[GridTHW, _Mapping]]] = ...) -> None: ...
 
 class EncoderInfoRequest(_message.Message):
     __slots__ = ()

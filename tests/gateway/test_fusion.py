@@ -1,0 +1,107 @@
+"""The gateway's fusion stage: per-item embeddings (never dependent on the request's other
+items), memory linear in the media tokens, and the GLM-4.1V projector from its checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from bundle.fusion_model import FusionConfig, FusionModel
+from bundle.glm4v_projector import Glm4vProjector
+from bundle.layout import Bundle
+from gateway.fusion import FusionStage
+from services.encoder.types import Embedding
+from tests.glm4v_tiny import build_tiny_glm4v
+from tests.memory import in_fresh_process, peak_growth_bytes
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def default_stage(bundle: Bundle) -> FusionStage:
+    return FusionStage.load(bundle.fusion, CPU, "float16")
+
+
+@pytest.fixture(scope="module")
+def glm4v_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_glm4v(tmp_path_factory.mktemp("glm4v"))
+
+
+def items(*shapes: tuple[int, int], seed: int = 0) -> list[Embedding]:
+    generator = torch.Generator().manual_seed(seed)
+    return [Embedding(torch.randn(*shape, generator=generator)) for shape in shapes]
+
+
+def test_default_fusion_keeps_row_counts_and_returns_decoder_width_fp16(
+    bundle: Bundle, default_stage: FusionStage
+) -> None:
+    decoder_width = AutoConfig.from_pretrained(bundle.decoder).hidden_size
+    vision, audio = default_stage.fuse(items((64, 128), (64, 128)), items((49, 128)))
+    assert [v.shape for v in vision] == [(64, decoder_width)] * 2
+    assert [a.shape for a in audio] == [(49, decoder_width)]
+    assert vision[0].dtype == torch.float16 and torch.isfinite(vision[0]).all()
+
+
+def test_an_items_embeddings_do_not_depend_on_the_other_items(
+    default_stage: FusionStage,
+) -> None:
+    image, other_image = items((64, 128), (64, 128), seed=1)
+    clip = items((49, 128), seed=2)
+    [alone], _ = default_stage.fuse([image], [])
+    with_others, [clip_out] = default_stage.fuse([other_image, image], clip)
+    assert torch.equal(with_others[1], alone)
+    _, [clip_alone] = default_stage.fuse([], clip)
+    assert torch.equal(clip_out, clip_alone)
+
+
+FUSION_WIDTH = FusionConfig(
+    vision_hidden_size=64, audio_hidden_size=64, hidden_size=128, num_attention_heads=2
+)
+
+
+def fusion_peak_growth(tokens: int) -> int:
+    """Peak memory growth of fusing one image of ``tokens`` rows (run in a fresh process)."""
+    torch.manual_seed(0)
+    stage = FusionStage(FusionModel(FUSION_WIDTH).eval(), torch.float32)
+    [image] = items((tokens, FUSION_WIDTH.vision_hidden_size))
+    return peak_growth_bytes(lambda: stage.fuse([image], []))[1]
+
+
+def test_default_fusion_memory_grows_linearly_with_an_items_tokens() -> None:
+    growth = {n: in_fresh_process(fusion_peak_growth, n) for n in (6144, 12288)}
+    dense = FUSION_WIDTH.num_attention_heads * 12288**2 * 4  # fp32 [heads, n, n]: 1.2 GB
+    assert growth[12288] < dense / 20
+    assert growth[12288] < 2.5 * growth[6144] + (8 << 20)
+
+
+def test_a_glm4v_bundle_fuses_with_the_checkpoints_projector(glm4v_checkpoint: Path) -> None:
+    stage = FusionStage.load(glm4v_checkpoint, CPU, "float16")
+    assert isinstance(stage.model, Glm4vProjector)
+    states = items((4 * 6, 32), (10 * 4, 32), seed=3)
+    grids = [(1, 4, 6), (1, 10, 4)]
+    images = [Embedding(s.tensor, grid) for s, grid in zip(states, grids, strict=True)]
+    fused, _ = stage.fuse(images, [])
+    # 2x2 groups of patches -> one token each, at the text width
+    assert [f.shape for f in fused] == [(6, 64), (10, 64)]
+    assert all(f.dtype == torch.float16 for f in fused)
+    [alone], _ = stage.fuse(images[1:], [])
+    assert torch.equal(fused[1], alone)
+
+
+def test_glm4v_fusion_refuses_states_that_do_not_fit_their_grid(glm4v_checkpoint: Path) -> None:
+    stage = FusionStage.load(glm4v_checkpoint, CPU, "float32")
+    [states] = items((24, 32))
+    with pytest.raises(ValueError, match="do not fit the grid"):
+        stage.fuse([Embedding(states.tensor, (1, 4, 4))], [])
+    with pytest.raises(ValueError, match="needs each image's grid_thw"):
+        stage.fuse([states], [])
+    with pytest.raises(ValueError, match="no audio projector"):
+        stage.fuse([], items((8, 32)))
+
+
+def test_an_unknown_fusion_dtype_is_refused(glm4v_checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="unknown fusion dtype"):
+        FusionStage.load(glm4v_checkpoint, CPU, "int8")
