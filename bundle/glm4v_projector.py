@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from transformers import AutoConfig, Glm4vVisionConfig
 from transformers.models.glm4v.modeling_glm4v import Glm4vVisionPatchMerger
 
-from services.vision.checkpoint_tensors import read_tensors
+from bundle.checkpoint import read_tensors
 
 VISUAL_PREFIX = "model.visual."
 PROJECTOR_PREFIXES = ("downsample.", "merger.")

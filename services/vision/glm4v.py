@@ -30,10 +30,10 @@ from transformers.models.glm4v.modeling_glm4v import (
 )
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
 
+from bundle.checkpoint import read_tensors
 from bundle.glm4v_projector import PROJECTOR_PREFIXES, VISUAL_PREFIX, is_glm4v_checkpoint
 from services.common.int8 import quantize_linears, weight_bytes
 from services.common.tower import COMPUTE_DTYPE
-from services.vision.checkpoint_tensors import read_tensors
 from services.vision.glm4v_preprocess import PatchedImage
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ class Glm4vImagePreprocessor:
         """The checkpoint's image processor; ``max_pixels`` > 0 overrides its upper bound."""
         processor = Glm4vImageProcessorPil.from_pretrained(checkpoint)
         if max_pixels:
-            low = int(processor.size.shortest_edge)
+            low = int(processor.size["shortest_edge"])
             if max_pixels < low:
                 raise ValueError(
                     f"max_pixels {max_pixels} is below the processor's minimum {low} "
@@ -66,8 +66,8 @@ class Glm4vImagePreprocessor:
             width=width,
             temporal_factor=p.temporal_patch_size,
             factor=p.patch_size * p.merge_size,
-            min_pixels=p.size.shortest_edge,
-            max_pixels=p.size.longest_edge,
+            min_pixels=p.size["shortest_edge"],
+            max_pixels=p.size["longest_edge"],
         )
         return 1, resized_h // p.patch_size, resized_w // p.patch_size
 

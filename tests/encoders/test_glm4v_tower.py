@@ -9,13 +9,13 @@ import pytest
 import torch
 from transformers import Glm4vForConditionalGeneration
 
+from bundle.glm4v import MAX_PIXELS
 from bundle.glm4v_projector import Glm4vProjector
 from services.vision.glm4v import Glm4vVisionEncoder, load_glm4v_tower, patch_batches
 from services.vision.glm4v_preprocess import Glm4vImagePreprocessor, PatchedImage
 from services.vision.preprocess import ImageLimits
+from testkit.media import image_bytes
 from tests.encoders.test_int8_accuracy import GATE, mean_cosine
-from tests.glm4v_tiny import build_tiny_glm4v
-from tests.media import image_bytes
 from tests.memory import peak_growth_bytes
 
 CPU = torch.device("cpu")
@@ -24,29 +24,30 @@ SCREENSHOT = (1080, 2400)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_glm4v(tmp_path_factory.mktemp("glm4v"))
+def preprocess(glm4v_checkpoint: Path) -> Glm4vImagePreprocessor:
+    return Glm4vImagePreprocessor.load(glm4v_checkpoint, LIMITS)
 
 
 @pytest.fixture(scope="module")
-def preprocess(checkpoint: Path) -> Glm4vImagePreprocessor:
-    return Glm4vImagePreprocessor.load(checkpoint, LIMITS)
+def fp32_encoder(glm4v_checkpoint: Path) -> Glm4vVisionEncoder:
+    return Glm4vVisionEncoder(load_glm4v_tower(glm4v_checkpoint, CPU, "none", 0.0), 1 << 20)
 
 
 @pytest.fixture(scope="module")
-def fp32_encoder(checkpoint: Path) -> Glm4vVisionEncoder:
-    return Glm4vVisionEncoder(load_glm4v_tower(checkpoint, CPU, "none", 0.0), 1 << 20)
+def phone_preprocess(glm4v_checkpoint: Path) -> Glm4vImagePreprocessor:
+    """The tiny checkpoint's processor at the real checkpoint's pixel bounds."""
+    return Glm4vImagePreprocessor.load(glm4v_checkpoint, LIMITS, max_pixels=MAX_PIXELS)
 
 
 def test_a_phone_screenshot_is_13416_patches_and_3354_tokens(
-    preprocess: Glm4vImagePreprocessor,
+    phone_preprocess: Glm4vImagePreprocessor,
 ) -> None:
-    image = preprocess(image_bytes("PNG", size=SCREENSHOT))
+    image = phone_preprocess(image_bytes("PNG", size=SCREENSHOT))
     # smart_resize: 2400 x 1080 -> 2408 x 1092 (multiples of 28), 14-pixel patches.
     assert image.grid_thw == (1, 172, 78)
     assert image.pixels.shape == (13416, 3 * 2 * 14 * 14)
     assert image.num_patches // 4 == 3354
-    assert preprocess.grid(height=2400, width=1080) == image.grid_thw
+    assert phone_preprocess.grid(height=2400, width=1080) == image.grid_thw
 
 
 @pytest.mark.parametrize("size", [(30, 30), (100, 60), (64, 130), (1000, 20), (4000, 3000)])
@@ -57,18 +58,18 @@ def test_the_grid_from_the_header_is_the_processors_grid(
     assert preprocess.grid(height, width) == preprocess(image_bytes("PNG", size=size)).grid_thw
 
 
-def test_max_pixels_bounds_the_resize_like_the_processor_setting(checkpoint: Path) -> None:
-    small = Glm4vImagePreprocessor.load(checkpoint, LIMITS, max_pixels=2 * 28 * 28 * 100)
+def test_max_pixels_bounds_the_resize_like_the_processor_setting(glm4v_checkpoint: Path) -> None:
+    small = Glm4vImagePreprocessor.load(glm4v_checkpoint, LIMITS, max_pixels=2 * 28 * 28 * 100)
     t, h, w = small(image_bytes("PNG", size=SCREENSHOT)).grid_thw
     # the bound counts the two temporal frames of a still image, as transformers does
     assert 2 * (h * 14) * (w * 14) <= 2 * 28 * 28 * 100
     assert (t, h % 2, w % 2) == (1, 0, 0)
     with pytest.raises(ValueError, match="below the processor's minimum"):
-        Glm4vImagePreprocessor.load(checkpoint, LIMITS, max_pixels=100)
+        Glm4vImagePreprocessor.load(glm4v_checkpoint, LIMITS, max_pixels=100)
 
 
 def test_tower_and_projector_equal_transformers_image_features(
-    checkpoint: Path, preprocess: Glm4vImagePreprocessor, fp32_encoder: Glm4vVisionEncoder
+    glm4v_checkpoint: Path, preprocess: Glm4vImagePreprocessor, fp32_encoder: Glm4vVisionEncoder
 ) -> None:
     images = [
         preprocess(image_bytes("PNG", size=(100, 60), seed=0)),
@@ -78,11 +79,11 @@ def test_tower_and_projector_equal_transformers_image_features(
     pixels = torch.cat([image.pixels for image in images])
     with torch.inference_mode():
         states = fp32_encoder.tower(pixels, grids).split([i.num_patches for i in images])
-    projector = Glm4vProjector.from_checkpoint(checkpoint, dtype=torch.float32)
+    projector = Glm4vProjector.from_checkpoint(glm4v_checkpoint, dtype=torch.float32)
     ours = [
         projector.fuse_image(s, image.grid_thw) for s, image in zip(states, images, strict=True)
     ]
-    model = Glm4vForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
+    model = Glm4vForConditionalGeneration.from_pretrained(glm4v_checkpoint, dtype=torch.float32)
     with torch.inference_mode():
         reference = model.eval().model.get_image_features(pixels, grids).pooler_output
     for mine, theirs in zip(ours, reference, strict=True):
@@ -109,25 +110,25 @@ def test_batches_pack_whole_images_up_to_the_patch_budget() -> None:
 
 
 def test_a_screenshots_attention_never_holds_a_dense_patch_matrix(
-    preprocess: Glm4vImagePreprocessor, fp32_encoder: Glm4vVisionEncoder
+    phone_preprocess: Glm4vImagePreprocessor, fp32_encoder: Glm4vVisionEncoder
 ) -> None:
-    image = preprocess(image_bytes("PNG", size=SCREENSHOT))
+    image = phone_preprocess(image_bytes("PNG", size=SCREENSHOT))
     [states], growth = peak_growth_bytes(lambda: fp32_encoder.encode([image]))
-    assert states.shape == (13416, 32)
+    assert states.shape == (13416, fp32_encoder.tower.config.hidden_size)
     heads = fp32_encoder.tower.config.num_heads
     dense = heads * image.num_patches**2 * 4  # one fp32 [heads, n, n] score matrix: 2.9 GB
     assert growth < dense / 10
 
 
 def test_int8_patch_states_match_fp32(
-    checkpoint: Path, preprocess: Glm4vImagePreprocessor, fp32_encoder: Glm4vVisionEncoder
+    glm4v_checkpoint: Path, preprocess: Glm4vImagePreprocessor, fp32_encoder: Glm4vVisionEncoder
 ) -> None:
     formats = ["PNG", "JPEG", "WEBP"] * 2
     images = [
         preprocess(image_bytes(fmt, size=(64 + 40 * i, 120 - 8 * i), seed=i))
         for i, fmt in enumerate(formats)
     ]
-    int8 = Glm4vVisionEncoder(load_glm4v_tower(checkpoint, CPU, "int8", 6.0), 1 << 20)
+    int8 = Glm4vVisionEncoder(load_glm4v_tower(glm4v_checkpoint, CPU, "int8", 6.0), 1 << 20)
     linears = [m for m in int8.tower.modules() if type(m) is torch.nn.Linear]
     assert not linears  # every Linear is LLM.int8(); the Conv3d and the norms stay fp32
     assert int8.tower.patch_embed.proj.weight.dtype == torch.float32
