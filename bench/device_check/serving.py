@@ -130,11 +130,11 @@ def check_tower(
     encoder = load(str(device))
     probe.record(device=encoder.info.device, quantization=encoder.info.quantization)
     probe.require(encoder.info.device == str(device), f"Info reports device {device}")
-    got = encoder(items)
+    got = [e.tensor for e in encoder(items)]
     probe.record(peak_mib=peak_mib(device))
     del encoder
     release(device)
-    want = load("cpu")(items)
+    want = [e.tensor for e in load("cpu")(items)]
     shapes_match = [g.shape == w.shape for g, w in zip(got, want, strict=True)]
     probe.require(all(shapes_match), "embedding shapes match the CPU's")
     cosine = sum(mean_cosine(g, w) for g, w in zip(got, want, strict=True)) / len(items)

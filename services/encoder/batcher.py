@@ -17,9 +17,7 @@ import concurrent.futures
 import dataclasses
 from typing import Any, Generic, Protocol, TypeVar
 
-import torch
-
-from services.encoder.types import MediaItem
+from services.encoder.types import Embedding, MediaItem
 
 
 class BatchEncoder(Protocol):
@@ -28,7 +26,7 @@ class BatchEncoder(Protocol):
 
     def decode_all(self, items: list[MediaItem]) -> list[Any]: ...
 
-    def encode(self, inputs: list[Any], /) -> list[torch.Tensor]: ...
+    def encode(self, inputs: list[Any], /) -> list[Embedding]: ...
 
 
 E = TypeVar("E", bound=BatchEncoder)
@@ -37,7 +35,7 @@ E = TypeVar("E", bound=BatchEncoder)
 @dataclasses.dataclass(frozen=True)
 class _Call:
     inputs: list[Any]
-    result: asyncio.Future[list[torch.Tensor]]
+    result: asyncio.Future[list[Embedding]]
 
 
 class EncodeBatcher(Generic[E]):
@@ -56,7 +54,7 @@ class EncodeBatcher(Generic[E]):
         self._drainer: asyncio.Task[None] | None = None
         self.batches = 0  # tower calls made, for tests and logs
 
-    async def __call__(self, items: list[MediaItem]) -> list[torch.Tensor]:
+    async def __call__(self, items: list[MediaItem]) -> list[Embedding]:
         loop = asyncio.get_running_loop()
         inputs = await loop.run_in_executor(None, self.encoder.decode_all, items)
         call = _Call(inputs, loop.create_future())

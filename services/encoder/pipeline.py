@@ -7,10 +7,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-import torch
-
 from services.common.errors import InvalidInput, TooLarge
-from services.encoder.types import EncoderInfo, MediaItem
+from services.encoder.types import Embedding, EncoderInfo, MediaItem
 
 T = TypeVar("T")
 
@@ -20,10 +18,10 @@ class MediaEncoder(Generic[T]):
     """Decode every item of a request (bytes -> model input), then encode them in batches."""
 
     decode: Callable[[bytes], T]
-    encode: Callable[[list[T]], list[torch.Tensor]]
+    encode: Callable[[list[T]], list[Embedding]]
     info: EncoderInfo
 
-    def __call__(self, items: list[MediaItem]) -> list[torch.Tensor]:
+    def __call__(self, items: list[MediaItem]) -> list[Embedding]:
         return self.encode(self.decode_all(items))
 
     def decode_all(self, items: list[MediaItem]) -> list[T]:

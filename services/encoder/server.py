@@ -26,7 +26,7 @@ from services.common.grpc_server import Slot, configure_logging, serve
 from services.encoder.batcher import EncodeBatcher
 from services.encoder.config import EncoderConfig
 from services.encoder.pipeline import MediaEncoder
-from services.encoder.types import embeddings_to_pb, encode_request_from_pb
+from services.encoder.types import encode_request_from_pb, encode_response_to_pb
 from services.vision.config import VisionConfig
 from services.vision.model import load_encoder as load_vision
 
@@ -42,7 +42,7 @@ class EncoderServicer:
     ) -> encoder_pb2.EncodeResponse:
         batcher = self.batcher.get()
         embeddings = await batcher(encode_request_from_pb(request))
-        return embeddings_to_pb(embeddings)
+        return encode_response_to_pb(embeddings)
 
     async def Info(
         self, request: encoder_pb2.EncoderInfoRequest, context: grpc.aio.ServicerContext

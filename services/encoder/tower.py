@@ -14,7 +14,7 @@ from transformers import AutoModel, PreTrainedModel
 from services.encoder.config import EncoderConfig
 from services.encoder.int8 import DEFAULT_THRESHOLD, quantize_linears, weight_bytes
 from services.encoder.pipeline import MediaEncoder
-from services.encoder.types import EncoderInfo
+from services.encoder.types import Embedding, EncoderInfo
 
 log = logging.getLogger(__name__)
 
@@ -73,4 +73,8 @@ def ready_encoder(
     """The tower warmed up (one full batch: start-up fails, not the first request, if the device
     cannot hold it, and lazy initialisation is paid before SERVING), behind its decoder."""
     tower.warm_up()
-    return MediaEncoder(decode=decode, encode=tower.encode, info=tower_info(tower.model, config))
+
+    def encode(inputs: list[T]) -> list[Embedding]:
+        return [Embedding(tensor) for tensor in tower.encode(inputs)]
+
+    return MediaEncoder(decode=decode, encode=encode, info=tower_info(tower.model, config))

@@ -31,14 +31,6 @@ def encode_request_from_pb(pb: encoder_pb2.EncodeRequest) -> list[MediaItem]:
     return [MediaItem.from_pb(item) for item in pb.items]
 
 
-def embeddings_to_pb(embeddings: list[torch.Tensor]) -> encoder_pb2.EncodeResponse:
-    return encoder_pb2.EncodeResponse(embeddings=[tensor_to_pb(e) for e in embeddings])
-
-
-def embeddings_from_pb(pb: encoder_pb2.EncodeResponse) -> list[torch.Tensor]:
-    return [tensor_from_pb(t) for t in pb.embeddings]
-
-
 @dataclasses.dataclass(frozen=True)
 class EncoderInfo:
     model: str

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from services.common.config import setting
 from services.encoder.config import EncoderConfig, limit
+
+OUTPUT_DTYPES = ("float16", "float32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,3 +17,23 @@ class VisionConfig(EncoderConfig, env_prefix="VISION", port=50051, max_items=64,
 
     max_image_bytes: int = limit(20 * 1024 * 1024, "largest encoded image file")
     max_image_pixels: int = limit(40_000_000, "largest width*height, read from the header")
+    max_pixels: int = setting(
+        0,
+        "GLM-4.1V: the image processor's upper bound, size.longest_edge (as vLLM's "
+        "mm_processor_kwargs; it counts a still image's 2 temporal frames); 0: the checkpoint's",
+    )
+    max_batch_patches: int = limit(
+        16384, "GLM-4.1V: most patches per forward pass (a larger image runs alone)"
+    )
+    output_dtype: str = setting(
+        "float16", "dtype of the returned embeddings: float16, or float32 for parity checks"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_pixels < 0:
+            raise ValueError(f"max_pixels must be >= 0, got {self.max_pixels}")
+        if self.output_dtype not in OUTPUT_DTYPES:
+            raise ValueError(
+                f"output_dtype must be one of {OUTPUT_DTYPES}, got {self.output_dtype!r}"
+            )

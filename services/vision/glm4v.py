@@ -32,9 +32,14 @@ from transformers.vision_utils import get_vision_attention_seqlens, get_vision_p
 
 from bundle.checkpoint import read_tensors
 from bundle.glm4v_projector import PROJECTOR_PREFIXES, VISUAL_PREFIX, is_glm4v_checkpoint
-from services.common.int8 import quantize_linears, weight_bytes
-from services.common.tower import COMPUTE_DTYPE
-from services.vision.glm4v_preprocess import PatchedImage
+from services.common.device import resolve_device
+from services.encoder.int8 import quantize_linears, weight_bytes
+from services.encoder.pipeline import MediaEncoder
+from services.encoder.tower import COMPUTE_DTYPE
+from services.encoder.types import Embedding, EncoderInfo
+from services.vision.config import VisionConfig
+from services.vision.glm4v_preprocess import Glm4vImagePreprocessor, PatchedImage
+from services.vision.preprocess import ImageLimits
 
 log = logging.getLogger(__name__)
 
@@ -138,19 +143,52 @@ def patch_batches(images: list[PatchedImage], max_patches: int) -> Iterator[list
 class Glm4vVisionEncoder:
     """Patched images -> (patch states, grid) per image, several images per tower pass."""
 
-    def __init__(self, tower: Glm4vTower, max_batch_patches: int) -> None:
+    def __init__(
+        self, tower: Glm4vTower, max_batch_patches: int, output_dtype: torch.dtype = torch.float16
+    ) -> None:
         self.tower = tower
         self.max_batch_patches = max_batch_patches
+        self.output_dtype = output_dtype
         self.device = next(tower.parameters()).device
 
+    def warm_up(self) -> None:
+        """One smallest image (a single 2x2 merge group): lazy initialisation is paid before
+        SERVING. Not a full patch budget: on the CPU that alone takes minutes of attention."""
+        merge = self.tower.spatial_merge_size
+        width = self.tower.patch_embed.proj.weight[0].numel()  # C * t * p * p: one patch row
+        self.encode([PatchedImage(torch.zeros(merge * merge, width), (1, merge, merge))])
+
     @torch.inference_mode()
-    def encode(self, images: list[PatchedImage]) -> list[torch.Tensor]:
-        """One fp16 CPU tensor [n_patches, hidden] per image, in order."""
-        out: list[torch.Tensor] = []
+    def encode(self, images: list[PatchedImage]) -> list[Embedding]:
+        """One [n_patches, hidden] CPU tensor per image (the output dtype), with its grid."""
+        out: list[Embedding] = []
         for batch in patch_batches(images, self.max_batch_patches):
             pixels = torch.cat([images[i].pixels for i in batch])
             grids = torch.tensor([images[i].grid_thw for i in batch], device=self.device)
             hidden = self.tower(pixels.to(self.device, COMPUTE_DTYPE), grids)
             sizes = [images[i].num_patches for i in batch]
-            out.extend(hidden.to("cpu", torch.float16).split(sizes))
+            states = hidden.to("cpu", self.output_dtype).split(sizes)
+            out.extend(Embedding(s, images[i].grid_thw) for s, i in zip(states, batch, strict=True))
         return out
+
+
+def load_glm4v_encoder(checkpoint: Path, config: VisionConfig) -> MediaEncoder[PatchedImage]:
+    """The vision service's pipeline for a GLM-4.1V checkpoint: its image processor and its
+    tower on the configured device, warmed up."""
+    limits = ImageLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels)
+    preprocess = Glm4vImagePreprocessor.load(checkpoint, limits, config.max_pixels)
+    tower = load_glm4v_tower(
+        checkpoint, resolve_device(config.device), config.quantization, config.int8_threshold
+    )
+    output_dtype = getattr(torch, config.output_dtype)
+    encoder = Glm4vVisionEncoder(tower, config.max_batch_patches, output_dtype)
+    encoder.warm_up()
+    info = EncoderInfo(
+        model="Glm4vVisionModel",
+        device=str(encoder.device),
+        dtype=str(COMPUTE_DTYPE).removeprefix("torch."),
+        quantization=config.quantization,
+        hidden_size=int(tower.config.hidden_size),
+        max_items=config.max_items,
+    )
+    return MediaEncoder(decode=preprocess, encode=encoder.encode, info=info)

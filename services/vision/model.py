@@ -3,21 +3,28 @@ its Linear layers in LLM.int8(), returning one [n_patches, hidden] fp16 embeddin
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import PreTrainedModel
 
+from bundle.glm4v_projector import is_glm4v_checkpoint
 from bundle.layout import Bundle
 from services.common.device import resolve_device
 from services.encoder.pipeline import MediaEncoder
 from services.encoder.tower import COMPUTE_DTYPE, load_tower, ready_encoder
 from services.vision.config import VisionConfig
+from services.vision.glm4v import load_glm4v_encoder
 from services.vision.preprocess import ImageLimits, ImagePreprocessor
 
 
 class VisionTower:
-    def __init__(self, model: PreTrainedModel, batch_size: int) -> None:
+    def __init__(
+        self, model: PreTrainedModel, batch_size: int, output_dtype: torch.dtype = torch.float16
+    ) -> None:
         self.model = model
         self.batch_size = batch_size
+        self.output_dtype = output_dtype
         self.device = next(model.parameters()).device
 
     def warm_up(self) -> None:
@@ -27,21 +34,25 @@ class VisionTower:
 
     @torch.inference_mode()
     def encode(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
-        """[3, H, W] pixel tensors -> one [n_patches, hidden] fp16 CPU tensor each, in order."""
+        """[3, H, W] pixel tensors -> one [n_patches, hidden] CPU tensor each (the output
+        dtype), in order."""
         out: list[torch.Tensor] = []
         for start in range(0, len(pixels), self.batch_size):
             batch = torch.stack(pixels[start : start + self.batch_size])
             hidden = self.model(pixel_values=batch.to(self.device, COMPUTE_DTYPE)).last_hidden_state
-            out.extend(hidden.to("cpu", torch.float16).unbind(0))
+            out.extend(hidden.to("cpu", self.output_dtype).unbind(0))
         return out
 
 
-def load_encoder(config: VisionConfig) -> MediaEncoder[torch.Tensor]:
-    """The bundle's vision tower and its preprocessor, on the configured device."""
+def load_encoder(config: VisionConfig) -> MediaEncoder[Any]:
+    """The bundle's vision tower and its preprocessor, on the configured device: a GLM-4.1V
+    checkpoint's own tower (services/vision/glm4v.py), else a Hugging Face image encoder."""
     folder = Bundle.load(config.bundle).vision
+    if is_glm4v_checkpoint(folder):
+        return load_glm4v_encoder(folder, config)
     limits = ImageLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels)
     model = load_tower(
         folder, resolve_device(config.device), config.quantization, config.int8_threshold
     )
-    tower = VisionTower(model, config.batch_size)
+    tower = VisionTower(model, config.batch_size, getattr(torch, config.output_dtype))
     return ready_encoder(tower, ImagePreprocessor.load(folder, limits), config)

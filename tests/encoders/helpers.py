@@ -27,8 +27,8 @@ from services.common.health import AUDIO_SERVICE, VISION_SERVICE
 from services.encoder.types import (
     EncoderInfo,
     MediaItem,
-    embeddings_from_pb,
     encode_request_to_pb,
+    encode_response_from_pb,
 )
 from services.vision.config import VisionConfig
 from testkit.processes import START_TIMEOUT_S, ServiceProcess, spawn
@@ -119,7 +119,7 @@ def encoded_audio(
 async def encode(stub: Any, data: list[bytes]) -> list[torch.Tensor]:
     """Encode ``data`` through a VisionEncoder or AudioEncoder stub, one item per bytes."""
     reply = await stub.Encode(encode_request_to_pb([MediaItem(d) for d in data]))
-    return embeddings_from_pb(reply)
+    return [embedding.tensor for embedding in encode_response_from_pb(reply)]
 
 
 class EncoderServiceContract:

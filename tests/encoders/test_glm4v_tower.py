@@ -95,8 +95,8 @@ def test_an_images_states_do_not_depend_on_its_batch(
 ) -> None:
     a = preprocess(image_bytes("PNG", size=(100, 60), seed=0))
     b = preprocess(image_bytes("PNG", size=(200, 90), seed=2))
-    alone = fp32_encoder.encode([a])[0]
-    packed = fp32_encoder.encode([b, a, b])
+    alone = fp32_encoder.encode([a])[0].tensor
+    packed = [e.tensor for e in fp32_encoder.encode([b, a, b])]
     assert [p.shape[0] for p in packed] == [b.num_patches, a.num_patches, b.num_patches]
     torch.testing.assert_close(packed[1], alone, rtol=0, atol=1e-3)  # fp16 on the way out
 
@@ -114,7 +114,8 @@ def test_a_screenshots_attention_never_holds_a_dense_patch_matrix(
 ) -> None:
     image = phone_preprocess(image_bytes("PNG", size=SCREENSHOT))
     [states], growth = peak_growth_bytes(lambda: fp32_encoder.encode([image]))
-    assert states.shape == (13416, fp32_encoder.tower.config.hidden_size)
+    assert states.tensor.shape == (13416, fp32_encoder.tower.config.hidden_size)
+    assert states.grid_thw == (1, 172, 78)
     heads = fp32_encoder.tower.config.num_heads
     dense = heads * image.num_patches**2 * 4  # one fp32 [heads, n, n] score matrix: 2.9 GB
     assert growth < dense / 10
@@ -132,4 +133,5 @@ def test_int8_patch_states_match_fp32(
     linears = [m for m in int8.tower.modules() if type(m) is torch.nn.Linear]
     assert not linears  # every Linear is LLM.int8(); the Conv3d and the norms stay fp32
     assert int8.tower.patch_embed.proj.weight.dtype == torch.float32
-    assert mean_cosine(fp32_encoder.encode(images), int8.encode(images)) >= GATE
+    reference = [e.tensor for e in fp32_encoder.encode(images)]
+    assert mean_cosine(reference, [e.tensor for e in int8.encode(images)]) >= GATE
