@@ -70,6 +70,9 @@ class Glm4vPreset:
     max_pixels: int
     dtype: torch.dtype
     max_shard_size: str | None  # None: one model.safetensors
+    # The real embedding is padded past the tokenizer (151552 rows); the tiny one is not, so
+    # every id a random model samples is a token a client can tell apart by its bytes.
+    vocab_multiple: int
 
     def __post_init__(self) -> None:
         head_dim = self.text["hidden_size"] // self.text["num_attention_heads"]
@@ -89,7 +92,7 @@ PRESETS: dict[str, Glm4vPreset] = {
         vision=dict(depth=2, hidden_size=64, num_heads=2, out_hidden_size=128,
                     intermediate_size=256),
         mrope_section=(2, 3, 3), initializer_range=0.1, max_pixels=28 * 28 * 256,
-        dtype=torch.float32, max_shard_size=None,
+        dtype=torch.float32, max_shard_size=None, vocab_multiple=1,
     ),
     # ~150M text model with the real head_dim 128 and mRoPE sections, a 4-layer tower with the
     # real patch/merge/pixel settings: real token counts (a 1080x2400 screenshot is 3,354).
@@ -99,7 +102,7 @@ PRESETS: dict[str, Glm4vPreset] = {
         vision=dict(depth=4, hidden_size=384, num_heads=6, out_hidden_size=1024,
                     intermediate_size=3072),
         mrope_section=REAL_MROPE_SECTION, initializer_range=0.02, max_pixels=MAX_PIXELS,
-        dtype=torch.bfloat16, max_shard_size="100MB",
+        dtype=torch.bfloat16, max_shard_size="100MB", vocab_multiple=128,
     ),
 }  # fmt: skip
 
@@ -132,7 +135,7 @@ def build_tokenizer(max_length: int = 8192) -> PreTrainedTokenizerFast:
 def _config(preset: Glm4vPreset, tokenizer: PreTrainedTokenizerFast) -> Glm4vConfig:
     ids = tokenizer.get_vocab()
     eos = [ids[t] for t in EOS_TOKENS]
-    vocab_size = 128 * math.ceil(len(tokenizer) / 128)  # padded, as the real embedding is
+    vocab_size = preset.vocab_multiple * math.ceil(len(tokenizer) / preset.vocab_multiple)
     text = dict(
         preset.text,
         vocab_size=vocab_size,
