@@ -37,6 +37,7 @@ from gateway.media import MediaLoader
 from gateway.metrics import ARRIVED, Metrics, ObserveRequests
 from gateway.openapi import ERROR_RESPONSES, STREAM_RESPONSE, truthful_openapi
 from gateway.pipeline import ChoiceEvent, Job, Pipeline
+from gateway.positions import image_layout
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.responses import ChatCompletion, Completion, ModelCard, ModelList
 from services.common.device import resolve_device
@@ -65,7 +66,7 @@ class Gateway:
         self.clients = ServiceClients(config)
         self.pipeline = Pipeline(
             config, prompter, fusion, self.clients, MediaLoader(config, self.http),
-            self.bundle.modalities,
+            self.bundle.modalities, image_layout(self.bundle, config),
         )  # fmt: skip
         version = importlib.metadata.version("autoglm-serve")
         self.formatter = Formatter(

@@ -31,6 +31,10 @@ class GatewayConfig(ServiceConfig):
     max_audios_per_request: int = setting(4, "most audio clips in one request")
     max_image_mb: int = setting(20, "largest image file")
     max_image_pixels: int = setting(40_000_000, "largest image width*height, read from its header")
+    # Read as AUTOGLM_VISION_MAX_PIXELS, the vision service's variable: both must resize alike.
+    vision_max_pixels: int = setting(
+        0, "GLM-4.1V images resized to at most this area (0: the checkpoint's preprocessor)"
+    )
     max_audio_mb: int = setting(25, "largest audio file")
     max_audio_seconds: float = setting(600.0, "longest audio clip, read from its header")
     image_url_allowlist: tuple[str, ...] = setting(
@@ -63,7 +67,11 @@ class GatewayConfig(ServiceConfig):
             raise ValueError(
                 f"fusion_dtype must be one of {FUSION_DTYPES}, got {self.fusion_dtype!r}"
             )
-        for name in ("max_images_per_request", "max_audios_per_request", "embedding_cache_mb"):
+        at_least_zero = (
+            "max_images_per_request", "max_audios_per_request", "embedding_cache_mb",
+            "vision_max_pixels",
+        )  # fmt: skip
+        for name in at_least_zero:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 

@@ -26,6 +26,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import ApiError, ContextLengthExceeded
 from gateway.fusion import FusionStage
 from gateway.media import MediaLoader
+from gateway.positions import ImageLayout
 from gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -132,6 +133,7 @@ class Pipeline:
         clients: ServiceClients,
         media: MediaLoader,
         modalities: Sequence[str],
+        layout: ImageLayout | None = None,
     ) -> None:
         self.config = config
         self.prompter = prompter
@@ -140,6 +142,7 @@ class Pipeline:
         self.clients = clients
         self.media = media
         self.modalities = tuple(modalities)
+        self.layout = layout  # GLM-4.1V: image grids from headers; None: other bundles
         self._context_length: int | None = None
 
     def _check_modalities(self, parts: Sequence[MediaPart]) -> None:
@@ -156,9 +159,12 @@ class Pipeline:
         self._check_modalities(body.media_parts())
         deadline = Deadline(self.config.request_timeout_s)
         media = await self.media.load(body.media_parts())
+        grids = self.layout.grids(media) if self.layout else []
         encoded = await self.clients.encode(media, request_id, deadline)
         vision = [e for m, e in zip(media, encoded, strict=True) if m.kind == "image"]
         audio = [e for m, e in zip(media, encoded, strict=True) if m.kind == "audio"]
+        if self.layout:
+            self.layout.check(grids, [e.grid_thw for e in vision])
         fused_vision, fused_audio = (
             await anyio.to_thread.run_sync(self.fusion.fuse, vision, audio) if media else ([], [])
         )

@@ -9,10 +9,20 @@ decoder takes from the prompt's positions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from PIL import Image
+
+from bundle.layout import GLM4V, Bundle
 from gateway.chat import Placeholder
+from gateway.config import GatewayConfig
+from gateway.media import Media
+from services.vision.glm4v_preprocess import Glm4vImagePreprocessor
+from services.vision.preprocess import ImageLimits
 
+ORIENTATION, QUARTER_TURNS = 0x0112, (5, 6, 7, 8)  # EXIF tag; values that swap width, height
 Grid = tuple[int, int, int]  # (t, h, w) in patches, as the image processor reports image_grid_thw
 
 
@@ -48,3 +58,51 @@ def mrope_positions(
         cursor = placeholder.offset + placeholder.length
     text_until(length)
     return tuple(rows[0]), tuple(rows[1]), tuple(rows[2])
+
+
+class ImageLayout:
+    """A GLM-4.1V bundle's images in the prompt: each image's patch grid from its header (the
+    dimensions, as the image processor will resize it), hence its token count, before anything
+    is encoded; then every prompt token's 3-D position."""
+
+    def __init__(self, grid_of: Callable[[int, int], Grid], merge_size: int) -> None:
+        self.grid_of = grid_of  # (height, width) -> (t, h, w) patches
+        self.merge_size = merge_size
+
+    @classmethod
+    def from_checkpoint(cls, folder: Path, max_pixels: int, limits: ImageLimits) -> ImageLayout:
+        """The checkpoint's image processor; max_pixels > 0 replaces its upper bound, as the
+        vision service's does."""
+        preprocess = Glm4vImagePreprocessor.load(folder, limits, max_pixels)
+        return cls(preprocess.grid, int(preprocess.processor.merge_size))
+
+    def grid(self, image: bytes) -> Grid:
+        """From the header only; an EXIF rotation by 90 degrees swaps the sides, as the vision
+        service turns the image upright before resizing it."""
+        with Image.open(io.BytesIO(image)) as header:
+            width, height = header.size
+            if header.getexif().get(ORIENTATION, 1) in QUARTER_TURNS:
+                width, height = height, width
+        return self.grid_of(height, width)
+
+    def grids(self, media: Sequence[Media]) -> list[Grid]:
+        """Every image's grid, in request order."""
+        return [self.grid(m.data) for m in media if m.kind == "image"]
+
+    def check(self, grids: Sequence[Grid], encoded: Sequence[Grid | None]) -> None:
+        """The vision service must have resized each image as its header promised."""
+        for index, (expected, got) in enumerate(zip(grids, encoded, strict=True)):
+            if got is not None and tuple(got) != expected:
+                raise RuntimeError(
+                    f"the vision service encoded image {index} at grid {tuple(got)}, the gateway "
+                    f"expected {expected} from its header: give both the same "
+                    "AUTOGLM_VISION_MAX_PIXELS"
+                )
+
+
+def image_layout(bundle: Bundle, config: GatewayConfig) -> ImageLayout | None:
+    """GLM-4.1V: grids from image headers and 3-D positions; other bundles use 1-D positions."""
+    if bundle.architecture != GLM4V:
+        return None
+    limits = ImageLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels)
+    return ImageLayout.from_checkpoint(bundle.vision, config.vision_max_pixels, limits)

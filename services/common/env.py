@@ -21,7 +21,8 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_VISION_PORT": "vision encoder gRPC port (50051)",
     "AUTOGLM_VISION_DEVICE": "vision encoder device: cpu, cuda:N or auto",
     "AUTOGLM_VISION_QUANTIZATION": "vision tower weights: int8 (LLM.int8()) or none",
-    "AUTOGLM_VISION_MAX_PIXELS": "GLM-4.1V image processor's max_pixels (0: the checkpoint's)",
+    "AUTOGLM_VISION_MAX_PIXELS": "GLM-4.1V: images resized to at most this area, in the vision "
+    "service and the gateway alike (vLLM's mm_processor_kwargs; 0: the checkpoint's)",
     "AUTOGLM_VISION_MAX_BATCH_PATCHES": "GLM-4.1V: most patches per forward pass of the tower",
     "AUTOGLM_VISION_OUTPUT_DTYPE": "vision embeddings on the wire: float16 or float32 (parity)",
     "AUTOGLM_AUDIO_PORT": "audio encoder gRPC port (50052)",
