@@ -59,8 +59,8 @@ class Gateway:
         self.config = config
         self.bundle = Bundle.load(config.bundle)
         prompter = ChatPrompter.from_pretrained(self.bundle.decoder)
-        fusion = FusionStage.load(
-            self.bundle.fusion, resolve_device(config.device), config.fusion_dtype
+        fusion = FusionStage.for_bundle(
+            self.bundle, resolve_device(config.device), config.fusion_dtype
         )
         self.http = httpx.AsyncClient()
         self.clients = ServiceClients(config)

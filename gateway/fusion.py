@@ -18,6 +18,7 @@ import torch
 
 from bundle.fusion_model import FusionModel
 from bundle.glm4v_projector import Glm4vProjector, is_glm4v_checkpoint
+from bundle.layout import Bundle
 from services.encoder.types import Embedding
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -32,13 +33,23 @@ class MediaFusion(Protocol):
 
 
 class FusionStage:
-    def __init__(self, model: MediaFusion, dtype: torch.dtype) -> None:
+    """``model`` None: a text-only bundle (no fusion part); media never reach it, the pipeline
+    refuses them first."""
+
+    def __init__(self, model: MediaFusion | None, dtype: torch.dtype) -> None:
         self.model = model
         self.dtype = dtype
 
     @classmethod
+    def for_bundle(cls, bundle: Bundle, device: torch.device, dtype: str) -> FusionStage:
+        """The bundle's fusion part, or none for a text-only bundle."""
+        if not bundle.has("fusion"):
+            return cls(None, DTYPES[dtype])
+        return cls.load(bundle.fusion, device, dtype)
+
+    @classmethod
     def load(cls, folder: Path, device: torch.device, dtype: str) -> FusionStage:
-        """The bundle's fusion part on ``device`` in ``dtype`` ("float16" or "float32")."""
+        """The fusion model in ``folder`` on ``device`` in ``dtype`` ("float16" or "float32")."""
         if dtype not in DTYPES:
             raise ValueError(f"unknown fusion dtype {dtype!r}; choose from {tuple(DTYPES)}")
         model: MediaFusion
@@ -54,6 +65,10 @@ class FusionStage:
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """One request's encoder outputs -> one [tokens, decoder width] tensor per item, in
         this stage's dtype, in order: images, then clips."""
+        if self.model is None:
+            if vision or audio:
+                raise ValueError("this model has no fusion stage: it takes text only")
+            return [], []
         images = [self.model.fuse_image(e.tensor, e.grid_thw).to(self.dtype) for e in vision]
         clips = [self.model.fuse_audio(e.tensor).to(self.dtype) for e in audio]
         return images, clips

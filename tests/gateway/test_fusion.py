@@ -11,7 +11,7 @@ from transformers import AutoConfig
 
 from bundle.fusion_model import FusionConfig, FusionModel
 from bundle.glm4v_projector import Glm4vProjector
-from bundle.layout import Bundle
+from bundle.layout import GLM4, Bundle
 from gateway.fusion import FusionStage
 from services.encoder.types import Embedding
 from tests.memory import in_fresh_process, peak_growth_bytes
@@ -99,3 +99,11 @@ def test_glm4v_fusion_refuses_states_that_do_not_fit_their_grid(glm4v_checkpoint
 def test_an_unknown_fusion_dtype_is_refused(glm4v_checkpoint: Path) -> None:
     with pytest.raises(ValueError, match="unknown fusion dtype"):
         FusionStage.load(glm4v_checkpoint, CPU, "int8")
+
+
+def test_a_text_only_bundle_has_no_fusion_and_takes_no_media(tmp_path: Path) -> None:
+    text_only = Bundle(tmp_path, "m", {"decoder": "."}, architecture=GLM4)
+    stage = FusionStage.for_bundle(text_only, CPU, "float16")
+    assert stage.fuse([], []) == ([], [])
+    with pytest.raises(ValueError, match="takes text only"):
+        stage.fuse(items((4, 64)), [])
