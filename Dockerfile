@@ -21,12 +21,15 @@ WORKDIR /app
 COPY . .
 RUN pip install --no-cache-dir .
 
-# Run unprivileged; /models is where the bundle volume mounts (a named volume takes the
-# ownership of this directory the first time it is mounted).
-RUN useradd --create-home --uid 1000 autoglm && mkdir /models && chown autoglm /models
+# Run unprivileged; /models is where the bundle volume mounts and /secrets the internal token's
+# (a named volume takes the ownership of its directory the first time it is mounted).
+RUN useradd --create-home --uid 1000 autoglm && mkdir /models /secrets \
+    && chown autoglm /models /secrets && chmod 700 /secrets
 USER 1000
 WORKDIR /home/autoglm
 
-EXPOSE 8000 50051 50052 50053
+# Only the gateway's port: `docker run -P` must not publish the model services' ports (under
+# `up` they listen on loopback; compose and Kubernetes reach them on their own networks).
+EXPOSE 8000
 ENTRYPOINT ["autoglm"]
 CMD ["up"]

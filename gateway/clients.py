@@ -26,6 +26,7 @@ from autoglm.v1 import (
 )
 from gateway.config import GatewayConfig
 from gateway.media import Media
+from services.common.auth import internal_channel
 from services.common.grpc_server import channel_options
 from services.common.health import AUDIO_SERVICE, DECODER_SERVICE, VISION_SERVICE, is_serving
 from services.decoder.types import DecoderInfo, GenerateOutput, GenerateRequest
@@ -85,10 +86,11 @@ class EmbeddingCache:
 class ServiceClients:
     def __init__(self, config: GatewayConfig) -> None:
         options = [*channel_options(config), ("grpc.service_config", ROUND_ROBIN)]
+        # Each channel sends the internal token and speaks TLS as configured.
         self.channels = {
-            VISION_SERVICE: grpc.aio.insecure_channel(config.vision_target, options=options),
-            AUDIO_SERVICE: grpc.aio.insecure_channel(config.audio_target, options=options),
-            DECODER_SERVICE: grpc.aio.insecure_channel(config.decoder_target, options=options),
+            VISION_SERVICE: internal_channel(config.vision_target, config, options),
+            AUDIO_SERVICE: internal_channel(config.audio_target, config, options),
+            DECODER_SERVICE: internal_channel(config.decoder_target, config, options),
         }
         self.vision = vision_pb2_grpc.VisionEncoderStub(self.channels[VISION_SERVICE])
         self.audio = audio_pb2_grpc.AudioEncoderStub(self.channels[AUDIO_SERVICE])

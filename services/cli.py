@@ -1,4 +1,4 @@
-"""The `autoglm` command: bundle init, bundle import, quantize, serve <service>, up.
+"""The `autoglm` command: bundle init, bundle import, quantize, internal-token, serve <service>, up.
 
 Every service is configured the same way: its frozen dataclass config becomes the flags
 (``services.common.config``). Heavy imports happen only for the subcommand that runs.
@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     imports.add_argument("--served-model-name", default=SERVED_MODEL_NAME)
     imports.set_defaults(run="bundle.hf_import:cli")
+
+    token = commands.add_parser(
+        "internal-token", help="write a random internal gRPC token file (0600) unless it exists"
+    )
+    token.add_argument("path")
+    token.set_defaults(run="services.common.auth:cli")
 
     quantize = commands.add_parser("quantize", help="GPTQ-quantize a bundle's decoder")
     _load("quantize.cli:add_arguments")(quantize)

@@ -3,8 +3,13 @@
 Starts the services the bundle needs (vision and audio only when it has those encoders) as
 ``python -m services.cli serve <name>`` processes, prefixes their logs with the service name,
 waits until each reports ready (the named gRPC health service, then the gateway's ``/health``),
-prints the URL, and then supervises: Ctrl-C or SIGTERM is forwarded to every child, and when one
-child dies the others are stopped with a message naming it and ``up`` exits non-zero.
+prints the URL, and then supervises: Ctrl-C or SIGTERM (any number of them) is forwarded to every
+child, and when one child dies the others are stopped with a message naming it and ``up`` exits
+non-zero.
+
+Only the gateway listens on ``--host``; the model services listen on loopback, and they take
+calls only with a random token made for this run, handed to the processes in a file that only
+the user can read (never on a command line, where ``ps`` shows it).
 
 This module stays light (no torch, no fastapi): the CLI imports it to build ``up``'s flags.
 """
@@ -18,18 +23,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
+from contextlib import nullcontext
+from pathlib import Path
 from typing import IO, ClassVar
 
 from bundle.layout import DEFAULT, Bundle
+from services.common import auth
 from services.common.config import ServiceConfig, setting
 from services.common.grpc_server import SHUTDOWN_GRACE_S
 from services.health_probe import GRPC_SERVICE_NAMES, grpc_ready, http_ready
+from services.stop_signals import StopSignals
 
 SERVICES = ("vision", "audio", "decoder", "gateway")
 ENCODER_PARTS = {"vision": "vision", "audio": "audio"}  # service -> the bundle part it serves
+# Only the gateway calls the model services, and it runs on the same machine.
+MODEL_SERVICE_HOST = "127.0.0.1"
 POLL_S = 0.5
 # A child gets the servers' own grace period to drain, plus a little, before it is killed.
 STOP_TIMEOUT_S = SHUTDOWN_GRACE_S + 5
@@ -37,8 +45,9 @@ STOP_TIMEOUT_S = SHUTDOWN_GRACE_S + 5
 
 @dataclasses.dataclass(frozen=True)
 class LauncherConfig(ServiceConfig):
-    """Where each of the four services listens and runs. ``host`` is bound by all of them;
-    ``device`` is the device of every service whose own device is left empty."""
+    """Where each of the four services listens and runs. ``host`` is the gateway's (the model
+    services stay on loopback); ``device`` is the device of every service whose own device is
+    left empty. Without ``internal_token_file``, a token is made for each run."""
 
     # AUTOGLM_UP_<FIELD> first, then AUTOGLM_<FIELD>: vision_port reads AUTOGLM_VISION_PORT,
     # the same variable `autoglm serve vision` reads.
@@ -76,6 +85,14 @@ class LauncherConfig(ServiceConfig):
             ServiceConfig(device=self.device_of(name))
         if self.startup_timeout_s <= 0:
             raise ValueError("startup_timeout_s must be positive")
+        if self.internal_tls_cert is not None or self.internal_tls_ca is not None:
+            raise ValueError(
+                "autoglm up keeps the model services on loopback; internal TLS is for "
+                "`autoglm serve` across machines"
+            )
+
+    def host_of(self, service: str) -> str:
+        return self.host if service == "gateway" else MODEL_SERVICE_HOST
 
     def port_of(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))
@@ -83,31 +100,34 @@ class LauncherConfig(ServiceConfig):
     def device_of(self, service: str) -> str:
         return str(getattr(self, f"{service}_device")) or self.device
 
-    @property
-    def connect_host(self) -> str:
-        """Where clients reach a server bound to ``host`` (a wildcard is not an address)."""
-        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
-
     def target_of(self, service: str) -> str:
-        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
+        """Where clients reach the service (a wildcard bind address is not an address)."""
+        bound = self.host_of(service)
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bound, bound)
+        host = f"[{host}]" if ":" in host else host
         return f"{host}:{self.port_of(service)}"
 
     @property
     def gateway_url(self) -> str:
         return f"http://{self.target_of('gateway')}"
 
-    def serve_args(self, service: str, decoder_quantization: str = "") -> list[str]:
+    def serve_args(
+        self, service: str, token_file: Path, decoder_quantization: str = ""
+    ) -> list[str]:
         """The ``autoglm`` arguments that start one service of this stack; the decoder's
         quantization is the one asked for, else ``decoder_quantization``, else its default."""
         args = [
             "serve", service,
             "--bundle", str(self.bundle),
-            "--host", self.host,
+            "--host", self.host_of(service),
             "--port", str(self.port_of(service)),
             "--device", self.device_of(service),
             "--max-message-mb", str(self.max_message_mb),
             "--log-level", self.log_level,
+            "--internal-token-file", str(token_file),
         ]  # fmt: skip
+        if service != "gateway" and self.enable_reflection:
+            args += ["--enable-reflection"]
         quantization = self.decoder_quantization or decoder_quantization
         if service == "decoder" and quantization:
             args += ["--quant", quantization]
@@ -138,16 +158,23 @@ def _exit_reason(code: int) -> str:
 
 
 class Stack:
-    """The child processes, their log pumps, and the stop request from a signal."""
+    """The child processes, their log pumps, and the stop signals."""
 
-    def __init__(self, config: LauncherConfig, bundle: Bundle, out: IO[str]) -> None:
+    def __init__(
+        self,
+        config: LauncherConfig,
+        bundle: Bundle,
+        out: IO[str],
+        signals: StopSignals,
+        token_file: Path,
+    ) -> None:
         self.config = config
         self.services = services_for(bundle)
         self.decoder_quantization = default_decoder_quantization(bundle)
         self.out = out
+        self.signals = signals
+        self.token_file = token_file
         self.processes: dict[str, subprocess.Popen[str]] = {}
-        self.stop_signal: int | None = None
-        self._stop_requested = threading.Event()
         self._write_lock = threading.Lock()
         self._pumps: list[threading.Thread] = []
 
@@ -156,19 +183,11 @@ class Stack:
             self.out.write(f"{source:<7} | {line.rstrip()}\n")
             self.out.flush()
 
-    def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
-        self.stop_signal = signum
-        self._stop_requested.set()
-
-    def sleep(self, seconds: float) -> bool:
-        """Wait; True when a stop was requested meanwhile."""
-        return self._stop_requested.wait(seconds)
-
     def start(self) -> None:
         if not self.config.decoder_quantization and self.decoder_quantization == "none":
             self.say("up", "no GPTQ checkpoint yet (`autoglm quantize`): decoder unquantized")
         for name in self.services:
-            args = self.config.serve_args(name, self.decoder_quantization)
+            args = self.config.serve_args(name, self.token_file, self.decoder_quantization)
             process = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", *args],
                 stdout=subprocess.PIPE,
@@ -227,18 +246,6 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-@contextmanager
-def _signals_forwarded_to(stack: Stack) -> Iterator[None]:
-    previous = {
-        sig: signal.signal(sig, stack.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _wait_until_ready(stack: Stack) -> int | None:
     """None once every service is ready; an exit code when start-up failed or was stopped."""
     timeout_s = stack.config.startup_timeout_s
@@ -257,13 +264,13 @@ def _wait_until_ready(stack: Stack) -> int | None:
         if time.monotonic() - started > timeout_s:
             _fail(stack, f"{', '.join(waiting)} not ready after {timeout_s:.0f} s; stopping")
             return 1
-        if stack.sleep(POLL_S):
+        if stack.signals.wait(POLL_S):
             return 0
 
 
 def _supervise(stack: Stack) -> int:
     """Wait for a stop request or a dead child."""
-    while not stack.sleep(POLL_S):
+    while not stack.signals.wait(POLL_S):
         if (dead := stack.dead()) is not None:
             return _report_death(stack, *dead)
     return 0
@@ -287,8 +294,10 @@ def run(config: LauncherConfig) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"autoglm up: {exc}", file=sys.stderr)
         return 2
-    stack = Stack(config, bundle, sys.stdout)
-    with _signals_forwarded_to(stack):
+    given_token = config.internal_token_file
+    token = nullcontext(given_token) if given_token else auth.private_token_file()
+    with StopSignals() as signals, token as token_file:
+        stack = Stack(config, bundle, sys.stdout, signals, token_file)
         try:
             stack.start()
             code = _wait_until_ready(stack)
@@ -299,7 +308,7 @@ def run(config: LauncherConfig) -> int:
                 stack.say("up", f"OpenAI base URL: {config.gateway_url}/v1 (Ctrl-C stops)")
                 code = _supervise(stack)
         finally:
-            stack.stop(stack.stop_signal or signal.SIGTERM)
-    if stack.stop_signal is not None:
-        stack.say("up", f"stopped on {signal.Signals(stack.stop_signal).name}")
+            stack.stop(signals.received or signal.SIGTERM)
+    if signals.received is not None:
+        stack.say("up", f"stopped on {signal.Signals(signals.received).name}")
     return code

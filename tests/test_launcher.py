@@ -1,5 +1,6 @@
 """`autoglm up`: the four services as one command. Its config, then the real thing: start the
-stack on free loopback ports, wait for the URL, check health, and take it down two ways."""
+stack on free loopback ports, wait for the URL, check health and the internal token, and take it
+down three ways (a signal, bursts of signals, a dead child)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from autoglm.v1 import decoder_pb2, decoder_pb2_grpc
 from bundle.layout import Bundle
 from services import health_probe
 from services.cli import build_parser
@@ -73,6 +78,7 @@ def test_up_reads_the_same_variables_as_the_services() -> None:
         (["--gateway-port", "70000"], "gateway_port"),
         (["--decoder-device", "gpu"], "device"),
         (["--startup-timeout-s", "0"], "positive"),
+        (["--internal-tls-cert", "c.pem", "--internal-tls-key", "k.pem"], "loopback"),
     ],
 )
 def test_bad_settings_fail_before_anything_starts(argv: list[str], message: str) -> None:
@@ -84,6 +90,7 @@ def test_each_child_gets_a_valid_command_with_the_stack_settings() -> None:
     config = LauncherConfig(
         bundle=Path("/b"),
         host="0.0.0.0",
+        enable_reflection=True,
         device="cpu",
         decoder_device="cuda:0",
         decoder_quantization="none",
@@ -92,10 +99,23 @@ def test_each_child_gets_a_valid_command_with_the_stack_settings() -> None:
         decoder_port=7003,
         gateway_port=7000,
     )
-    parsed = {name: parse_autoglm(config.serve_args(name), {}) for name in SERVICES}
+    token = Path("/run/autoglm/token")
+    parsed = {name: parse_autoglm(config.serve_args(name, token), {}) for name in SERVICES}
     for name, args in parsed.items():
-        assert (args.service, args.bundle, args.host) == (name, Path("/b"), "0.0.0.0")
+        assert (args.service, args.bundle, args.internal_token_file) == (name, Path("/b"), token)
         assert (args.port, args.device) == (config.port_of(name), config.device_of(name))
+    # Only the gateway listens where --host says; only the gRPC services serve reflection.
+    assert {name: args.host for name, args in parsed.items()} == {
+        "vision": "127.0.0.1",
+        "audio": "127.0.0.1",
+        "decoder": "127.0.0.1",
+        "gateway": "0.0.0.0",
+    }
+    assert [name for name, args in parsed.items() if args.enable_reflection] == [
+        "vision",
+        "audio",
+        "decoder",
+    ]
     assert parsed["decoder"].quantization == "none"
     gateway = parsed["gateway"]
     # A wildcard bind address is not a place to connect to.
@@ -139,11 +159,37 @@ def launcher(quantized_bundle_dir: Path, tmp_path: Path) -> Iterator[Up]:
         started.kill_everything()
 
 
+def refusal(target: str) -> tuple[grpc.StatusCode, grpc.StatusCode]:
+    """What a caller without the token gets from Decoder.Info and from server reflection."""
+    codes = []
+    with grpc.insecure_channel(target) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            decoder_pb2_grpc.DecoderStub(channel).Info(decoder_pb2.DecoderInfoRequest(), timeout=10)
+        codes.append(info.value.code())  # type: ignore[attr-defined]
+        listing = reflection_pb2.ServerReflectionRequest(list_services="")
+        replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([listing]), timeout=10
+        )
+        with pytest.raises(grpc.RpcError) as reflected:
+            next(replies)
+        codes.append(reflected.value.code())  # type: ignore[attr-defined]
+    return codes[0], codes[1]
+
+
 @pytest.mark.stack
 def test_up_serves_and_stops_every_child_on_sigterm(launcher: Up) -> None:
     url = launcher.wait_for_url(READY_TIMEOUT_S)
     assert httpx.get(f"{url}/health", timeout=10).status_code == 200
     assert httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"] == "autoglm-phone-9b"
+    # The gateway's calls carry the run's token; a caller without it is refused, and
+    # reflection is off unless asked for.
+    body = {"model": "autoglm-phone-9b", "messages": [{"role": "user", "content": "hi"}]}
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body | {"max_tokens": 2}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert refusal(launcher.target("decoder")) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    )
     children = launcher.children()
     assert sorted(children) == sorted(SERVICES)
     # The probe the compose healthchecks run agrees, and asks for the service by name.
@@ -158,6 +204,52 @@ def test_up_serves_and_stops_every_child_on_sigterm(launcher: Up) -> None:
     assert launcher.wait(STOP_TIMEOUT_S) == 0, launcher.log
     assert "stopped on SIGTERM" in launcher.log
     assert [name for name, pid in children.items() if alive(pid)] == []
+
+
+def send(launcher: Up, burst: Sequence[signal.Signals]) -> None:
+    """Each signal to the launcher, as fast as they can be sent: a terminal's Ctrl-C or
+    `kill -TERM -PGID` reaches `make up` and the launcher, and make forwards it once more."""
+    for sig in burst:
+        os.kill(launcher.process.pid, sig)
+
+
+def assert_everything_stopped(launcher: Up, children: dict[str, int]) -> None:
+    code = launcher.wait(STOP_TIMEOUT_S)  # a TimeoutError, with the log, if it hangs
+    assert code == 0, launcher.log
+    assert [name for name, pid in children.items() if alive(pid)] == []
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize(
+    "burst",
+    [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM)],
+    ids=["term-term", "int-term"],
+)
+def test_up_stops_on_signals_in_quick_succession(
+    launcher: Up, burst: tuple[signal.Signals, ...]
+) -> None:
+    launcher.wait_for_url(READY_TIMEOUT_S)
+    children = launcher.children()
+
+    send(launcher, burst)
+
+    assert_everything_stopped(launcher, children)
+    assert f"stopped on {burst[-1].name}" in launcher.log
+
+
+@pytest.mark.stack
+def test_up_stops_on_a_storm_of_signals_while_starting(launcher: Up) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while len(children := launcher.children()) < len(SERVICES):
+        assert time.monotonic() < deadline and launcher.process.poll() is None, launcher.log
+        time.sleep(0.05)
+
+    for _ in range(20):
+        send(launcher, (signal.SIGINT, signal.SIGTERM))
+        time.sleep(0.0005)
+
+    assert_everything_stopped(launcher, children)
+    assert "stopped on SIG" in launcher.log
 
 
 @pytest.mark.stack
@@ -186,10 +278,10 @@ def test_up_starts_only_the_services_the_bundle_needs() -> None:
 def test_an_imported_bundle_is_served_unquantized_until_quantized(tmp_path: Path) -> None:
     imported = bundle_of("glm4v", ("decoder", "vision", "fusion"), tmp_path)
     assert default_decoder_quantization(imported) == "none"
-    config = LauncherConfig(bundle=tmp_path)
-    assert "none" in config.serve_args("decoder", default_decoder_quantization(imported))
+    config, token = LauncherConfig(bundle=tmp_path), tmp_path / "token"
+    assert "none" in config.serve_args("decoder", token, default_decoder_quantization(imported))
     asked = LauncherConfig(bundle=tmp_path, decoder_quantization="int8")
-    assert "int8" in asked.serve_args("decoder", default_decoder_quantization(imported))
+    assert "int8" in asked.serve_args("decoder", token, default_decoder_quantization(imported))
     imported.decoder_gptq.mkdir()
     (imported.decoder_gptq / "quantize_config.json").write_text("{}")
     assert default_decoder_quantization(imported) == ""

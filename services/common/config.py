@@ -37,6 +37,30 @@ class ServiceConfig:
     device: str = "auto"
     max_message_mb: int = 256
     log_level: str = "info"
+    # Between the gateway and the model services (services.common.auth): a gRPC service checks
+    # callers for the token and serves TLS with the certificate; the gateway sends the token and
+    # trusts the CA. Paths, so that no secret is ever on a command line. (`setting` is defined
+    # below this class, so these fields spell out its field.)
+    internal_token_file: Path | None = dataclasses.field(
+        default=None,
+        metadata={"help": "file holding the shared internal gRPC token; unset: no check"},
+    )
+    internal_tls_cert: Path | None = dataclasses.field(
+        default=None, metadata={"help": "PEM certificate (chain) for internal gRPC TLS"}
+    )
+    internal_tls_key: Path | None = dataclasses.field(
+        default=None, metadata={"help": "PEM private key of --internal-tls-cert"}
+    )
+    internal_tls_ca: Path | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "PEM CA: a server requires client certificates it signed (mTLS), "
+            "a client verifies servers with it"
+        },
+    )
+    enable_reflection: bool = dataclasses.field(
+        default=False, metadata={"help": "gRPC server reflection (grpcurl), without the token"}
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -47,6 +71,8 @@ class ServiceConfig:
             raise ValueError(f"unknown log level {self.log_level!r}")
         if self.device != "auto" and self.device != "cpu" and not _is_cuda_device(self.device):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        if (self.internal_tls_cert is None) != (self.internal_tls_key is None):
+            raise ValueError("internal_tls_cert and internal_tls_key go together")
 
     @property
     def max_message_bytes(self) -> int:

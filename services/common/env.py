@@ -17,6 +17,12 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_LOG_LEVEL": "debug, info, warning or error",
     "AUTOGLM_MAX_MESSAGE_MB": "gRPC send/receive message limit in MiB",
     "AUTOGLM_DEVICE": "device of every process whose own *_DEVICE is unset: cpu, cuda:N or auto",
+    # Between the gateway and the model services (services/common/auth.py).
+    "AUTOGLM_INTERNAL_TOKEN_FILE": "file holding the shared gRPC token (unset: no check)",
+    "AUTOGLM_INTERNAL_TLS_CERT": "PEM certificate for internal gRPC TLS",
+    "AUTOGLM_INTERNAL_TLS_KEY": "PEM private key of that certificate",
+    "AUTOGLM_INTERNAL_TLS_CA": "PEM CA: servers require client certificates it signed (mTLS)",
+    "AUTOGLM_ENABLE_REFLECTION": "gRPC server reflection on the model services (default off)",
     # Encoders.
     "AUTOGLM_VISION_PORT": "vision encoder gRPC port (50051)",
     "AUTOGLM_VISION_DEVICE": "vision encoder device: cpu, cuda:N or auto",

@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common import auth
 from services.common.config import ServiceConfig
 from services.common.errors import NotReady, ServiceError, status_of
 
@@ -133,7 +134,7 @@ async def serve(
 ) -> None:
     """Run one gRPC service until SIGTERM/SIGINT. ``load`` runs in a thread after listening."""
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[*auth.server_interceptors(config), ErrorInterceptor()],
         options=[*channel_options(config), ("grpc.so_reuseport", 0)],
     )
     add_servicer(server)
@@ -141,10 +142,11 @@ async def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(config.address)
+    if config.enable_reflection:
+        reflection.enable_server_reflection(
+            (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    port = auth.listen(server, config)
     await server.start()
     log.info("%s listening on %s:%d", service_name, config.host, port)
 

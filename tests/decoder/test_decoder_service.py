@@ -22,7 +22,10 @@ pytestmark = pytest.mark.stack  # every test here talks to service processes
 @pytest.fixture(scope="module")
 def decoder(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     process = spawn(
-        "decoder", bundle_dir, tmp_path_factory.mktemp("decoder-logs"), args=["--quant", "none"]
+        "decoder",
+        bundle_dir,
+        tmp_path_factory.mktemp("decoder-logs"),
+        args=["--quant", "none", "--enable-reflection"],
     )
     try:
         process.wait_ready()

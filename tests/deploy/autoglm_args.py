@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from services.cli import build_parser
 from services.common import env
-from services.common.config import config_from_args
+from services.common.config import ServiceConfig, config_from_args
 
 
 def parse_autoglm(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
@@ -23,13 +23,26 @@ def parse_autoglm(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.N
     except SystemExit:
         raise AssertionError(f"`autoglm {' '.join(argv)}`: {errors.getvalue().strip()}") from None
     if hasattr(args, "target"):
-        try:
-            module, _, name = args.target[0].partition(":")
-            config_class = getattr(importlib.import_module(module), name)
-            config_from_args(config_class, args, environ)
-        except ValueError as exc:
-            raise AssertionError(f"`autoglm {' '.join(argv)}`: {exc}") from None
+        _config(argv, args, environ)
     return args
+
+
+def service_config(argv: Sequence[str], environ: Mapping[str, str]) -> ServiceConfig:
+    """The config `autoglm ARGV` runs with, given ``environ``."""
+    args = parse_autoglm(argv, environ)
+    assert hasattr(args, "target"), f"`autoglm {' '.join(argv)}` runs no service"
+    return _config(argv, args, environ)
+
+
+def _config(
+    argv: Sequence[str], args: argparse.Namespace, environ: Mapping[str, str]
+) -> ServiceConfig:
+    try:
+        module, _, name = args.target[0].partition(":")
+        config_class = getattr(importlib.import_module(module), name)
+        return config_from_args(config_class, args, environ)
+    except ValueError as exc:
+        raise AssertionError(f"`autoglm {' '.join(argv)}`: {exc}") from None
 
 
 def undeclared_variables(environ: Mapping[str, str]) -> list[str]:

@@ -1,22 +1,24 @@
 """docker-compose.yml: valid per the Compose specification, and sound where the schema is silent:
-one GPU per service, every dependency defined, every command a real `autoglm` command."""
+one GPU per service, every dependency defined, every command a real `autoglm` command, only the
+gateway's port published, and the model services behind a generated internal token."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
 from services.health_probe import GRPC_SERVICE_NAMES
-from tests.deploy.autoglm_args import parse_autoglm, undeclared_variables
+from tests.deploy.autoglm_args import parse_autoglm, service_config, undeclared_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 GPU_SERVICES = ("vision", "audio", "decoder")
+SERVERS = (*GPU_SERVICES, "gateway")
 PORTS = {"vision": 50051, "audio": 50052, "decoder": 50053, "gateway": 8000}
 
 
@@ -63,6 +65,45 @@ def dependency_problems(compose: dict[str, Any]) -> list[str]:
         for target in service.get("depends_on", {})
         if target not in services
     ]
+
+
+def mounts(service: dict[str, Any]) -> dict[PurePosixPath, tuple[str, bool]]:
+    """Mount point -> (volume, read-only), from the short `volume:/path[:ro]` syntax."""
+    found = {}
+    for spec in service.get("volumes", []):
+        volume, target, *mode = spec.split(":")
+        found[PurePosixPath(target)] = (volume, mode == ["ro"])
+    return found
+
+
+def token_problems(compose: dict[str, Any]) -> list[str]:
+    """Every server must read the token that a one-shot `autoglm internal-token` wrote on a
+    volume, mounted read-only, after that writer finished."""
+    services = compose["services"]
+    writers: dict[tuple[str, PurePosixPath], str] = {}
+    for name, service in services.items():
+        args = parse_autoglm(service["command"], {})
+        if args.command == "internal-token":
+            path = PurePosixPath(args.path)
+            volume, read_only = mounts(service)[path.parent]
+            assert not read_only, f"{name} cannot write {path}"
+            writers[(volume, path.name)] = name
+    problems = []
+    for name in SERVERS:
+        service = services[name]
+        token = service_config(service["command"], service["environment"]).internal_token_file
+        if token is None:
+            problems.append(f"{name}: no internal token")
+            continue
+        volume, read_only = mounts(service).get(PurePosixPath(token).parent, ("", False))
+        writer = writers.get((volume, token.name))
+        if writer is None:
+            problems.append(f"{name}: nothing writes {token}")
+        elif not read_only:
+            problems.append(f"{name}: the token volume is writable")
+        elif service["depends_on"].get(writer) != {"condition": "service_completed_successfully"}:
+            problems.append(f"{name}: starts before {writer} wrote {token}")
+    return problems
 
 
 def test_the_file_matches_the_compose_specification() -> None:
@@ -118,6 +159,41 @@ def test_every_command_is_a_real_autoglm_command(name: str) -> None:
     assert undeclared_variables(service.get("environment", {})) == []
 
 
+def test_only_the_gateway_port_is_published() -> None:
+    services = load()["services"]
+    published = {name: service["ports"] for name, service in services.items() if "ports" in service}
+    assert published == {"gateway": [f"{PORTS['gateway']}:{PORTS['gateway']}"]}
+    # The model services are reachable on the compose network only, on their own port.
+    for name in GPU_SERVICES:
+        assert services[name]["expose"] == [str(PORTS[name])]
+
+
+def test_every_server_reads_a_generated_internal_token() -> None:
+    compose = load()
+    assert token_problems(compose) == []
+    for name in SERVERS:
+        service = compose["services"][name]
+        config = service_config(service["command"], service["environment"])
+        # All four bind the container network, and reflection stays off.
+        assert (config.host, config.enable_reflection) == ("0.0.0.0", False)
+
+
+def test_a_server_without_the_token_is_found() -> None:
+    compose = load()
+    decoder = compose["services"]["decoder"]
+    # A new mapping: the anchor's is shared by every service.
+    decoder["environment"] = {
+        k: v for k, v in decoder["environment"].items() if k != "AUTOGLM_INTERNAL_TOKEN_FILE"
+    }
+    compose["services"]["gateway"]["volumes"] = ["models:/models:ro", "internal-token:/secrets"]
+    del compose["services"]["audio"]["depends_on"]["internal-token"]
+    assert token_problems(compose) == [
+        "audio: starts before internal-token wrote /secrets/internal-token",
+        "decoder: no internal token",
+        "gateway: the token volume is writable",
+    ]
+
+
 @pytest.mark.parametrize("name", GPU_SERVICES)
 def test_model_services_use_the_one_gpu_they_see_and_are_health_gated(name: str) -> None:
     service = load()["services"][name]
@@ -132,7 +208,7 @@ def test_model_services_use_the_one_gpu_they_see_and_are_health_gated(name: str)
 def test_the_gateway_starts_once_every_backend_is_healthy() -> None:
     services = load()["services"]
     gateway = services["gateway"]
-    assert gateway["depends_on"] == {
+    assert {name: rule for name, rule in gateway["depends_on"].items() if name in SERVERS} == {
         name: {"condition": "service_healthy"} for name in GPU_SERVICES
     }
     args = parse_autoglm(gateway["command"], gateway["environment"])
@@ -161,7 +237,7 @@ def test_the_bundle_is_built_and_quantized_once_before_the_servers_start() -> No
         }
         assert waits_for & init, f"{name} starts before the bundle exists"
         # The servers read the bundle; only the init services write it.
-        assert services[name]["volumes"] == ["models:/models:ro"]
+        assert services[name]["volumes"][0] == "models:/models:ro"
     assert services["decoder"]["depends_on"]["quantize"] == {
         "condition": "service_completed_successfully"
     }

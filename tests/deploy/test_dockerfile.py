@@ -1,5 +1,5 @@
-"""The Dockerfile: lint-clean (hadolint), one image whose entrypoint is `autoglm`, exposing the
-ports the compose file and the manifests use, with the torch build left to the deployer."""
+"""The Dockerfile: lint-clean (hadolint), one image whose entrypoint is `autoglm`, exposing only
+the gateway's port, with the torch build left to the deployer."""
 
 from __future__ import annotations
 
@@ -48,9 +48,16 @@ def test_one_image_runs_every_autoglm_command() -> None:
     assert instructions("USER") == ["1000"]
 
 
-def test_it_exposes_the_ports_the_services_listen_on() -> None:
+def test_it_exposes_only_the_gateway_port() -> None:
+    # `docker run -P` publishes every exposed port: the model services' must not be among them.
     (exposed,) = instructions("EXPOSE")
-    assert sorted(int(port) for port in exposed.split()) == [8000, 50051, 50052, 50053]
+    assert [int(port) for port in exposed.split()] == [8000]
+
+
+def test_the_token_directory_belongs_to_the_unprivileged_user() -> None:
+    # A new named volume takes the ownership of the directory it is mounted on.
+    (setup,) = [run for run in instructions("RUN") if "useradd" in run]
+    assert "chown autoglm /models /secrets" in setup and "chmod 700 /secrets" in setup
 
 
 @pytest.mark.parametrize("arg", ["TORCH_INDEX_URL", "TORCH_VERSION"])

@@ -1,11 +1,12 @@
 """deploy/k8s: every manifest valid against the Kubernetes API schemas (kubernetes-validate,
 offline), and wired together where the schemas are silent: GPUs, named gRPC probes, selectors,
-headless Services behind the gateway's dns:/// targets, real `autoglm` commands."""
+headless Services behind the gateway's dns:/// targets, real `autoglm` commands, the internal
+token mounted from one Secret, and a NetworkPolicy that lets only the gateway in."""
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import kubernetes_validate
@@ -13,11 +14,13 @@ import pytest
 import yaml
 
 from services.health_probe import GRPC_SERVICE_NAMES
-from tests.deploy.autoglm_args import parse_autoglm, undeclared_variables
+from tests.deploy.autoglm_args import parse_autoglm, service_config, undeclared_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 GPU_SERVICES = ("vision", "audio", "decoder")
+SERVERS = (*GPU_SERVICES, "gateway")
+TOKEN_SECRET = "autoglm-internal-token"
 PORTS = {"vision": 50051, "audio": 50052, "decoder": 50053, "gateway": 8000}
 
 
@@ -146,7 +149,113 @@ def test_the_job_builds_then_quantizes_the_bundle() -> None:
 def test_every_pod_mounts_the_bundle_claim(pod: str) -> None:
     claims = set(of_kind("PersistentVolumeClaim"))
     spec = pod_specs()[pod]
-    volumes = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]}
+    volumes = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert set(volumes.values()) <= claims and volumes
+    secrets = {v["name"] for v in spec["volumes"] if "secret" in v}
     for container in (*spec.get("initContainers", []), *spec["containers"]):
-        assert {m["name"] for m in container["volumeMounts"]} <= set(volumes)
+        assert {m["name"] for m in container["volumeMounts"]} <= set(volumes) | secrets
+
+
+def token_source(deployment: dict[str, Any]) -> tuple[str, bool] | None:
+    """The Secret the main container's --internal-token-file comes from, and whether its
+    mount is read-only; None when the service runs without a token."""
+    container = main_container(deployment)
+    token = service_config(container["args"], environment(container)).internal_token_file
+    if token is None:
+        return None
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    for mount in container["volumeMounts"]:
+        if PurePosixPath(mount["mountPath"]) == PurePosixPath(token).parent:
+            # A Secret mounted whole: each key is a file, so the key is the file's name.
+            assert token.name == "token", token
+            return volumes[mount["name"]]["secret"]["secretName"], mount.get("readOnly", False)
+    return "", False
+
+
+def test_every_server_reads_the_token_from_one_secret() -> None:
+    deployments = of_kind("Deployment")
+    assert {name: token_source(deployments[name]) for name in SERVERS} == {
+        name: (TOKEN_SECRET, True) for name in SERVERS
+    }
+    for name in SERVERS:
+        spec = deployments[name]["spec"]["template"]["spec"]
+        # The Secret's files are group-readable by the pod's group: user 1000 can read them.
+        assert spec["securityContext"]["fsGroup"] == 1000
+        config = service_config(
+            main_container(deployments[name])["args"],
+            environment(main_container(deployments[name])),
+        )
+        assert (config.host, config.enable_reflection) == ("0.0.0.0", False)
+
+
+def test_a_server_without_the_token_is_found() -> None:
+    decoder = copy.deepcopy(of_kind("Deployment")["decoder"])
+    env = main_container(decoder)["env"]
+    decoder["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        e for e in env if e["name"] != "AUTOGLM_INTERNAL_TOKEN_FILE"
+    ]
+    assert token_source(decoder) is None
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) applied to ``labels``."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    tests = {
+        "In": lambda e: labels.get(e["key"]) in e["values"],
+        "NotIn": lambda e: labels.get(e["key"]) not in e["values"],
+        "Exists": lambda e: e["key"] in labels,
+        "DoesNotExist": lambda e: e["key"] not in labels,
+    }
+    return all(tests[e["operator"]](e) for e in selector.get("matchExpressions", []))
+
+
+def pod_labels() -> dict[str, dict[str, str]]:
+    return {
+        r["metadata"]["name"]: r["spec"]["template"]["metadata"]["labels"]
+        for r in resources()
+        if r["kind"] in ("Deployment", "Job")
+    }
+
+
+def admitted(policy: dict[str, Any]) -> dict[str, set[str]]:
+    """For each pod the policy isolates: the pods it lets in, by name."""
+    spec = policy["spec"]
+    assert "Ingress" in spec["policyTypes"]
+    targets = [n for n, labels in pod_labels().items() if selects(spec["podSelector"], labels)]
+    sources: set[str] = set()
+    for rule in spec.get("ingress", []):
+        for peer in rule["from"]:
+            # Only pod selectors in this namespace: no IP blocks, no other namespaces.
+            assert set(peer) == {"podSelector"}, peer
+            sources |= {
+                n for n, labels in pod_labels().items() if selects(peer["podSelector"], labels)
+            }
+    return {target: sources for target in targets}
+
+
+def test_only_the_gateway_reaches_the_model_services() -> None:
+    (policy,) = of_kind("NetworkPolicy").values()
+    assert admitted(policy) == {name: {"gateway"} for name in GPU_SERVICES}
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "grpc"}]
+    for name in GPU_SERVICES:
+        # The named port the rule opens is each service's gRPC port.
+        assert main_container(of_kind("Deployment")[name])["ports"][0]["name"] == "grpc"
+
+
+def test_a_policy_that_lets_others_in_is_found() -> None:
+    (policy,) = copy.deepcopy(list(of_kind("NetworkPolicy").values()))
+    peer = policy["spec"]["ingress"][0]["from"][0]["podSelector"]
+    del peer["matchLabels"]["app.kubernetes.io/name"]
+    assert admitted(policy)["decoder"] == {
+        "vision",
+        "audio",
+        "decoder",
+        "gateway",
+        "autoglm-bundle",
+    }

@@ -16,7 +16,8 @@ from tests.encoders.helpers import Started, client_channel, start_encoder
 def started(
     request: pytest.FixtureRequest, bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Started]:
-    kind, args = request.module.KIND, request.module.ARGS
+    # Reflection is off by default; the contract's reflection test needs it.
+    kind, args = request.module.KIND, [*request.module.ARGS, "--enable-reflection"]
     service = start_encoder(kind, bundle_dir, tmp_path_factory.mktemp(f"{kind}-logs"), args)
     yield service
     assert service.process.stop() == 0, service.process.log_tail()

@@ -1,0 +1,70 @@
+"""Stop signals: the handler only records the signal, and a waiting main thread wakes at once.
+
+A handler that calls anything (``threading.Event.set`` takes a lock) can deadlock against the
+code it interrupted, as `make up` did when its process group got SIGTERM twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from services.stop_signals import STOP_SIGNALS, StopSignals
+
+
+def test_the_handler_calls_nothing() -> None:
+    calls: list[str] = []
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+        elif event == "c_call":
+            calls.append(getattr(arg, "__qualname__", repr(arg)))
+
+    with StopSignals() as signals:
+        for sig in STOP_SIGNALS:
+            handler = signal.getsignal(sig)
+            assert callable(handler)
+            sys.setprofile(profile)
+            try:
+                handler(sig, None)
+            finally:
+                sys.setprofile(None)
+            assert signals.received == sig
+    # The handler's own frame, then nothing: no lock, no I/O, no other function (the one
+    # C call seen is the profiler being switched off).
+    assert calls == ["_record", "setprofile"] * 2
+
+
+def test_a_signal_ends_the_wait_at_once() -> None:
+    with StopSignals() as signals:
+        assert not signals.wait(0.01)
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM))
+        started = time.monotonic()
+        timer.start()
+        assert signals.wait(30)
+        assert time.monotonic() - started < 5
+        assert signals.received == signal.SIGTERM
+        # It stays requested; later waits return at once.
+        assert signals.wait(30)
+
+
+def test_many_signals_are_one_stop_request_and_the_last_is_kept() -> None:
+    with StopSignals() as signals:
+        for _ in range(200):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.wait(5)
+        assert signals.received == signal.SIGTERM
+
+
+def test_the_previous_handlers_come_back() -> None:
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    with StopSignals():
+        assert all(signal.getsignal(sig) != before[sig] for sig in STOP_SIGNALS)
+    assert {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} == before
