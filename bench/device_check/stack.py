@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from autoglm.v1 import (
 )
 from bench.device_check.runner import Check, Probe
 from bundle.layout import Bundle
+from services.common import auth
 from services.health_probe import http_ready
 from services.launcher import SERVICES
 from testkit.media import audio_bytes, b64, data_url, image_bytes
@@ -43,7 +45,11 @@ class LaunchedStack:
     def __init__(self, bundle: Path, device: str, log_path: Path) -> None:
         self.bundle = bundle
         self.device = device
-        self.up = Up(bundle, log_path, device, ["--startup-timeout-s", str(READY_TIMEOUT_S)])
+        # The model services take calls only with the internal token: give `up` a known one.
+        self.token_file = Path(tempfile.mkdtemp(prefix="device-check-")) / "internal-token"
+        auth.write_token_file(self.token_file)
+        args = ["--startup-timeout-s", str(READY_TIMEOUT_S), "--internal-token-file"]
+        self.up = Up(bundle, log_path, device, [*args, str(self.token_file)])
         self.url = ""
 
     def check_ready(self, probe: Probe) -> None:
@@ -65,9 +71,10 @@ class LaunchedStack:
             "audio": (audio_pb2_grpc.AudioEncoderStub, encoder_pb2.EncoderInfoRequest()),
             "decoder": (decoder_pb2_grpc.DecoderStub, decoder_pb2.DecoderInfoRequest()),
         }
+        token = (("authorization", f"Bearer {auth.read_token(self.token_file)}"),)
         for name, (stub_class, request) in stubs.items():
             with grpc.insecure_channel(self.up.target(name)) as channel:
-                info = stub_class(channel).Info(request, timeout=RPC_TIMEOUT_S)
+                info = stub_class(channel).Info(request, timeout=RPC_TIMEOUT_S, metadata=token)
             probe.record(**{f"{name}_device": info.device})
             probe.require(info.device == self.device, f"{name} Info reports {self.device}")
 
