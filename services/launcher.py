@@ -7,9 +7,8 @@ prints the URL, and then supervises: Ctrl-C or SIGTERM (any number of them) is f
 child, and when one child dies the others are stopped with a message naming it and ``up`` exits
 non-zero.
 
-Only the gateway listens on ``--host``; the model services listen on loopback, and they take
-calls only with a random token made for this run, handed to the processes in a file that only
-the user can read (never on a command line, where ``ps`` shows it).
+Only the gateway listens on ``--host``; the model services listen on loopback and take calls
+only with the internal token: a random one per run, in a file only the user can read.
 
 This module stays light (no torch, no fastapi): the CLI imports it to build ``up``'s flags.
 """
@@ -23,8 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import nullcontext
-from pathlib import Path
 from typing import IO, ClassVar
 
 from bundle.layout import DEFAULT, Bundle
@@ -45,9 +42,8 @@ STOP_TIMEOUT_S = SHUTDOWN_GRACE_S + 5
 
 @dataclasses.dataclass(frozen=True)
 class LauncherConfig(ServiceConfig):
-    """Where each of the four services listens and runs. ``host`` is the gateway's (the model
-    services stay on loopback); ``device`` is the device of every service whose own device is
-    left empty. Without ``internal_token_file``, a token is made for each run."""
+    """Where each service listens and runs: ``host`` is the gateway's (the others stay on
+    loopback), ``device`` that of every service left without its own; a token per run if unset."""
 
     # AUTOGLM_UP_<FIELD> first, then AUTOGLM_<FIELD>: vision_port reads AUTOGLM_VISION_PORT,
     # the same variable `autoglm serve vision` reads.
@@ -86,10 +82,8 @@ class LauncherConfig(ServiceConfig):
         if self.startup_timeout_s <= 0:
             raise ValueError("startup_timeout_s must be positive")
         if self.internal_tls_cert is not None or self.internal_tls_ca is not None:
-            raise ValueError(
-                "autoglm up keeps the model services on loopback; internal TLS is for "
-                "`autoglm serve` across machines"
-            )
+            message = "internal TLS is for `autoglm serve` across machines, not `up` on loopback"
+            raise ValueError(message)
 
     def host_of(self, service: str) -> str:
         return self.host if service == "gateway" else MODEL_SERVICE_HOST
@@ -111,9 +105,7 @@ class LauncherConfig(ServiceConfig):
     def gateway_url(self) -> str:
         return f"http://{self.target_of('gateway')}"
 
-    def serve_args(
-        self, service: str, token_file: Path, decoder_quantization: str = ""
-    ) -> list[str]:
+    def serve_args(self, service: str, decoder_quantization: str = "") -> list[str]:
         """The ``autoglm`` arguments that start one service of this stack; the decoder's
         quantization is the one asked for, else ``decoder_quantization``, else its default."""
         args = [
@@ -124,8 +116,9 @@ class LauncherConfig(ServiceConfig):
             "--device", self.device_of(service),
             "--max-message-mb", str(self.max_message_mb),
             "--log-level", self.log_level,
-            "--internal-token-file", str(token_file),
         ]  # fmt: skip
+        if self.internal_token_file is not None:
+            args += ["--internal-token-file", str(self.internal_token_file)]
         if service != "gateway" and self.enable_reflection:
             args += ["--enable-reflection"]
         quantization = self.decoder_quantization or decoder_quantization
@@ -161,19 +154,13 @@ class Stack:
     """The child processes, their log pumps, and the stop signals."""
 
     def __init__(
-        self,
-        config: LauncherConfig,
-        bundle: Bundle,
-        out: IO[str],
-        signals: StopSignals,
-        token_file: Path,
+        self, config: LauncherConfig, bundle: Bundle, out: IO[str], signals: StopSignals
     ) -> None:
         self.config = config
         self.services = services_for(bundle)
         self.decoder_quantization = default_decoder_quantization(bundle)
         self.out = out
         self.signals = signals
-        self.token_file = token_file
         self.processes: dict[str, subprocess.Popen[str]] = {}
         self._write_lock = threading.Lock()
         self._pumps: list[threading.Thread] = []
@@ -187,7 +174,7 @@ class Stack:
         if not self.config.decoder_quantization and self.decoder_quantization == "none":
             self.say("up", "no GPTQ checkpoint yet (`autoglm quantize`): decoder unquantized")
         for name in self.services:
-            args = self.config.serve_args(name, self.token_file, self.decoder_quantization)
+            args = self.config.serve_args(name, self.decoder_quantization)
             process = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", *args],
                 stdout=subprocess.PIPE,
@@ -294,10 +281,9 @@ def run(config: LauncherConfig) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"autoglm up: {exc}", file=sys.stderr)
         return 2
-    given_token = config.internal_token_file
-    token = nullcontext(given_token) if given_token else auth.private_token_file()
-    with StopSignals() as signals, token as token_file:
-        stack = Stack(config, bundle, sys.stdout, signals, token_file)
+    with StopSignals() as signals, auth.token_file(config.internal_token_file) as token:
+        config = dataclasses.replace(config, internal_token_file=token)
+        stack = Stack(config, bundle, sys.stdout, signals)
         try:
             stack.start()
             code = _wait_until_ready(stack)

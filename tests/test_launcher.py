@@ -91,6 +91,7 @@ def test_each_child_gets_a_valid_command_with_the_stack_settings() -> None:
         bundle=Path("/b"),
         host="0.0.0.0",
         enable_reflection=True,
+        internal_token_file=Path("/run/autoglm/token"),
         device="cpu",
         decoder_device="cuda:0",
         decoder_quantization="none",
@@ -99,10 +100,10 @@ def test_each_child_gets_a_valid_command_with_the_stack_settings() -> None:
         decoder_port=7003,
         gateway_port=7000,
     )
-    token = Path("/run/autoglm/token")
-    parsed = {name: parse_autoglm(config.serve_args(name, token), {}) for name in SERVICES}
+    parsed = {name: parse_autoglm(config.serve_args(name), {}) for name in SERVICES}
     for name, args in parsed.items():
-        assert (args.service, args.bundle, args.internal_token_file) == (name, Path("/b"), token)
+        assert (args.service, args.bundle) == (name, Path("/b"))
+        assert args.internal_token_file == Path("/run/autoglm/token")
         assert (args.port, args.device) == (config.port_of(name), config.device_of(name))
     # Only the gateway listens where --host says; only the gRPC services serve reflection.
     assert {name: args.host for name, args in parsed.items()} == {
@@ -278,10 +279,10 @@ def test_up_starts_only_the_services_the_bundle_needs() -> None:
 def test_an_imported_bundle_is_served_unquantized_until_quantized(tmp_path: Path) -> None:
     imported = bundle_of("glm4v", ("decoder", "vision", "fusion"), tmp_path)
     assert default_decoder_quantization(imported) == "none"
-    config, token = LauncherConfig(bundle=tmp_path), tmp_path / "token"
-    assert "none" in config.serve_args("decoder", token, default_decoder_quantization(imported))
+    config = LauncherConfig(bundle=tmp_path)
+    assert "none" in config.serve_args("decoder", default_decoder_quantization(imported))
     asked = LauncherConfig(bundle=tmp_path, decoder_quantization="int8")
-    assert "int8" in asked.serve_args("decoder", token, default_decoder_quantization(imported))
+    assert "int8" in asked.serve_args("decoder", default_decoder_quantization(imported))
     imported.decoder_gptq.mkdir()
     (imported.decoder_gptq / "quantize_config.json").write_text("{}")
     assert default_decoder_quantization(imported) == ""

@@ -65,8 +65,12 @@ def write_token_file(path: Path) -> bool:
 
 
 @contextmanager
-def private_token_file() -> Iterator[Path]:
-    """A new token in a directory only the user can enter, removed at the end."""
+def token_file(given: Path | None) -> Iterator[Path]:
+    """``given``, or else a new token in a directory only the user can enter, removed at the
+    end: what `autoglm up` hands its processes (a path, never the token on a command line)."""
+    if given is not None:
+        yield given
+        return
     with tempfile.TemporaryDirectory(prefix="autoglm-token-") as directory:
         path = Path(directory) / "internal-token"
         write_token_file(path)
