@@ -35,6 +35,7 @@ from gateway.protocol import (
     MediaPart,
 )
 from gateway.reasoning import Delta, OutputParser, ReasoningOutput
+from services.decoder.positions import PositionIds
 from services.decoder.types import GenerateRequest, MultimodalSegment, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class Pipeline:
         self.clients = clients
         self.media = media
         self.modalities = tuple(modalities)
-        self.layout = layout  # GLM-4.1V: image grids from headers; None: other bundles
+        self.layout = layout  # GLM-4.1V: image grids and 3-D positions; None: 1-D positions
         self._context_length: int | None = None
 
     def _check_modalities(self, parts: Sequence[MediaPart]) -> None:
@@ -184,13 +185,15 @@ class Pipeline:
             MultimodalSegment(p.offset, e)
             for p, e in zip(prompt.placeholders, embeddings, strict=True)
         )
+        positions = self.layout.positions(prompt, grids) if self.layout else None
         log.info(
             "%s: %d prompt tokens (%d image, %d audio), %d media items",
             request_id, len(prompt.input_ids), prompt.media_tokens("image"),
             prompt.media_tokens("audio"), len(media),
         )  # fmt: skip
         parser = dict(thinking=body.thinking, reasoning=self._reasoning_output(body))
-        return await self._job("chatcmpl", body, request_id, deadline, prompt, segments, parser)
+        job = ("chatcmpl", body, request_id, deadline, prompt, segments, parser, positions)
+        return await self._job(*job)
 
     def _reasoning_output(self, body: ChatCompletionRequest) -> ReasoningOutput:
         """Inline (request field, else the server default) beats separate beats left out."""
@@ -241,6 +244,7 @@ class Pipeline:
         prompt: Prompt,
         segments: tuple[MultimodalSegment, ...],
         parser: dict[str, Any],
+        positions: PositionIds | None = None,
     ) -> Job:
         await self._check_context_length(body, len(prompt.input_ids), request_id)
         stopping = body.to_stopping_params(self.config.default_max_tokens)
@@ -252,6 +256,7 @@ class Pipeline:
                 sampling=body.to_sampling_params(i),
                 stopping=stopping,
                 segments=segments,
+                positions=positions,
             )
             for i in range(body.n)
         ]

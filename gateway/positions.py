@@ -16,9 +16,10 @@ from pathlib import Path
 from PIL import Image
 
 from bundle.layout import GLM4V, Bundle
-from gateway.chat import Placeholder
+from gateway.chat import Placeholder, Prompt
 from gateway.config import GatewayConfig
 from gateway.media import Media
+from services.decoder.positions import PositionIds
 from services.vision.glm4v_preprocess import Glm4vImagePreprocessor
 from services.vision.preprocess import ImageLimits
 
@@ -98,6 +99,14 @@ class ImageLayout:
                     f"expected {expected} from its header: give both the same "
                     "AUTOGLM_VISION_MAX_PIXELS"
                 )
+
+    def positions(self, prompt: Prompt, grids: Sequence[Grid]) -> PositionIds:
+        """Every prompt token's (t, h, w) position; the images' grids in request order."""
+        images = [p for p in prompt.placeholders if p.kind == "image"]
+        rows = mrope_positions(
+            len(prompt.input_ids), list(zip(images, grids, strict=True)), self.merge_size
+        )
+        return PositionIds(rows)
 
 
 def image_layout(bundle: Bundle, config: GatewayConfig) -> ImageLayout | None:
