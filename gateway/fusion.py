@@ -5,7 +5,8 @@ glm4v) brings its own projector, the 2x2 downsample and the patch merger
 (bundle/glm4v_projector.py), fed each image's patch states and grid; any other bundle has the
 default fusion model (bundle/fusion_model.py). Both run per item, so one item's embeddings never
 depend on the other items of the request, and in the configured dtype (float16; float32 for
-parity checks), never quantized.
+parity checks), never quantized. Images the vision service already projected (its
+``--project-in-service``, for a gateway without a GPU) pass through.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ class FusionStage:
             if vision or audio:
                 raise ValueError("this model has no fusion stage: it takes text only")
             return [], []
-        images = [self.model.fuse_image(e.tensor, e.grid_thw).to(self.dtype) for e in vision]
+        images = [
+            (e.tensor if e.projected else self.model.fuse_image(e.tensor, e.grid_thw)).to(
+                self.dtype
+            )
+            for e in vision
+        ]
         clips = [self.model.fuse_audio(e.tensor).to(self.dtype) for e in audio]
         return images, clips

@@ -30,6 +30,7 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_VISION_MAX_PIXELS": "GLM-4.1V: images resized to at most this area, in the vision "
     "service and the gateway alike (vLLM's mm_processor_kwargs; 0: the checkpoint's)",
     "AUTOGLM_VISION_MAX_BATCH_PATCHES": "GLM-4.1V: most patches per forward pass of the tower",
+    "AUTOGLM_VISION_PROJECT_IN_SERVICE": "GLM-4.1V: run the projector in the vision service",
     "AUTOGLM_VISION_OUTPUT_DTYPE": "vision embeddings on the wire: float16 or float32 (parity)",
     "AUTOGLM_AUDIO_PORT": "audio encoder gRPC port (50052)",
     "AUTOGLM_AUDIO_DEVICE": "audio encoder device: cpu, cuda:N or auto",

@@ -55,13 +55,18 @@ class Embedding:
 
     tensor: torch.Tensor
     grid_thw: tuple[int, int, int] | None = None
+    projected: bool = False  # already text-width tokens (the projector ran in the encoder)
 
 
 def encode_response_to_pb(embeddings: list[Embedding]) -> encoder_pb2.EncodeResponse:
     grids = [e.grid_thw for e in embeddings]
     if any(grid is None for grid in grids) and any(grid is not None for grid in grids):
         raise ValueError("either every embedding has a grid_thw or none has")
+    projected = {e.projected for e in embeddings}
+    if len(projected) > 1:
+        raise ValueError("either every embedding is projected or none is")
     return encoder_pb2.EncodeResponse(
+        projected=projected == {True},
         embeddings=[tensor_to_pb(e.tensor) for e in embeddings],
         grid_thw=[encoder_pb2.GridTHW(t=g[0], h=g[1], w=g[2]) for g in grids if g is not None],
     )
@@ -70,7 +75,10 @@ def encode_response_to_pb(embeddings: list[Embedding]) -> encoder_pb2.EncodeResp
 def encode_response_from_pb(pb: encoder_pb2.EncodeResponse) -> list[Embedding]:
     tensors = [tensor_from_pb(t) for t in pb.embeddings]
     if not pb.grid_thw:
-        return [Embedding(t) for t in tensors]
+        return [Embedding(t, projected=pb.projected) for t in tensors]
     if len(pb.grid_thw) != len(tensors):
         raise ValueError(f"{len(pb.grid_thw)} grids for {len(tensors)} embeddings")
-    return [Embedding(t, (g.t, g.h, g.w)) for t, g in zip(tensors, pb.grid_thw, strict=True)]
+    return [
+        Embedding(t, (g.t, g.h, g.w), pb.projected)
+        for t, g in zip(tensors, pb.grid_thw, strict=True)
+    ]

@@ -31,7 +31,12 @@ from transformers.models.glm4v.modeling_glm4v import (
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
 
 from bundle.checkpoint import read_tensors
-from bundle.glm4v_projector import PROJECTOR_PREFIXES, VISUAL_PREFIX, is_glm4v_checkpoint
+from bundle.glm4v_projector import (
+    PROJECTOR_PREFIXES,
+    VISUAL_PREFIX,
+    Glm4vProjector,
+    is_glm4v_checkpoint,
+)
 from services.common.device import resolve_device
 from services.encoder.int8 import quantize_linears, weight_bytes
 from services.encoder.pipeline import MediaEncoder
@@ -141,14 +146,20 @@ def patch_batches(images: list[PatchedImage], max_patches: int) -> Iterator[list
 
 
 class Glm4vVisionEncoder:
-    """Patched images -> (patch states, grid) per image, several images per tower pass."""
+    """Patched images -> (patch states, grid) per image, several images per tower pass; with a
+    ``projector``, each image's text-width tokens instead (the fusion stage run here)."""
 
     def __init__(
-        self, tower: Glm4vTower, max_batch_patches: int, output_dtype: torch.dtype = torch.float16
+        self,
+        tower: Glm4vTower,
+        max_batch_patches: int,
+        output_dtype: torch.dtype = torch.float16,
+        projector: Glm4vProjector | None = None,
     ) -> None:
         self.tower = tower
         self.max_batch_patches = max_batch_patches
         self.output_dtype = output_dtype
+        self.projector = projector
         self.device = next(tower.parameters()).device
 
     def warm_up(self) -> None:
@@ -167,9 +178,15 @@ class Glm4vVisionEncoder:
             grids = torch.tensor([images[i].grid_thw for i in batch], device=self.device)
             hidden = self.tower(pixels.to(self.device, COMPUTE_DTYPE), grids)
             sizes = [images[i].num_patches for i in batch]
-            states = hidden.to("cpu", self.output_dtype).split(sizes)
-            out.extend(Embedding(s, images[i].grid_thw) for s, i in zip(states, batch, strict=True))
+            for states, i in zip(hidden.split(sizes), batch, strict=True):
+                out.append(self._answer(states, images[i].grid_thw))
         return out
+
+    def _answer(self, states: torch.Tensor, grid: tuple[int, int, int]) -> Embedding:
+        if self.projector is None:
+            return Embedding(states.to("cpu", self.output_dtype), grid)
+        tokens = self.projector.fuse_image(states, grid)
+        return Embedding(tokens.to("cpu", self.output_dtype), grid, projected=True)
 
 
 def load_glm4v_encoder(checkpoint: Path, config: VisionConfig) -> MediaEncoder[PatchedImage]:
@@ -181,14 +198,19 @@ def load_glm4v_encoder(checkpoint: Path, config: VisionConfig) -> MediaEncoder[P
         checkpoint, resolve_device(config.device), config.quantization, config.int8_threshold
     )
     output_dtype = getattr(torch, config.output_dtype)
-    encoder = Glm4vVisionEncoder(tower, config.max_batch_patches, output_dtype)
+    projector = None
+    if config.project_in_service:
+        projector = Glm4vProjector.from_checkpoint(
+            checkpoint, next(tower.parameters()).device, output_dtype
+        )
+    encoder = Glm4vVisionEncoder(tower, config.max_batch_patches, output_dtype, projector)
     encoder.warm_up()
     info = EncoderInfo(
         model="Glm4vVisionModel",
         device=str(encoder.device),
         dtype=str(COMPUTE_DTYPE).removeprefix("torch."),
         quantization=config.quantization,
-        hidden_size=int(tower.config.hidden_size),
+        hidden_size=int(tower.config.out_hidden_size if projector else tower.config.hidden_size),
         max_items=config.max_items,
     )
     return MediaEncoder(decode=preprocess, encode=encoder.encode, info=info)

@@ -11,6 +11,8 @@ from transformers import Glm4vForConditionalGeneration
 
 from bundle.glm4v import MAX_PIXELS
 from bundle.glm4v_projector import Glm4vProjector
+from gateway.fusion import FusionStage
+from services.encoder.types import encode_response_from_pb, encode_response_to_pb
 from services.vision.glm4v import Glm4vVisionEncoder, load_glm4v_tower, patch_batches
 from services.vision.glm4v_preprocess import Glm4vImagePreprocessor, PatchedImage
 from services.vision.preprocess import ImageLimits
@@ -135,3 +137,21 @@ def test_int8_patch_states_match_fp32(
     assert int8.tower.patch_embed.proj.weight.dtype == torch.float32
     reference = [e.tensor for e in fp32_encoder.encode(images)]
     assert mean_cosine(reference, [e.tensor for e in int8.encode(images)]) >= GATE
+
+
+def test_projecting_in_the_service_answers_the_gateways_tokens(
+    glm4v_checkpoint: Path, preprocess: Glm4vImagePreprocessor, fp32_encoder: Glm4vVisionEncoder
+) -> None:
+    images = [preprocess(image_bytes("PNG", size=(100, 60), seed=0))]
+    projector = Glm4vProjector.from_checkpoint(glm4v_checkpoint, dtype=torch.float32)
+    projecting = Glm4vVisionEncoder(fp32_encoder.tower, 1 << 20, torch.float32, projector)
+    [tokens] = projecting.encode(images)
+    assert tokens.projected and tokens.grid_thw == images[0].grid_thw
+    # over the wire and through the gateway's fusion: passed through, as the gateway would fuse
+    [received] = encode_response_from_pb(encode_response_to_pb([tokens]))
+    stage = FusionStage(projector, torch.float32)
+    [passed], _ = stage.fuse([received], [])
+    states = Glm4vVisionEncoder(fp32_encoder.tower, 1 << 20, torch.float32).encode(images)
+    [fused], _ = stage.fuse(states, [])
+    assert passed.shape == (images[0].num_patches // 4, 128)
+    torch.testing.assert_close(passed, fused, rtol=1e-5, atol=1e-5)

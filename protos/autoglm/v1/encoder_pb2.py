@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from autoglm.v1 import tensor_pb2 as autoglm_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61utoglm/v1/encoder.proto\x12\nautoglm.v1\x1a\x17\x61utoglm/v1/tensor.proto\",\n\tMediaItem\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\"5\n\rEncodeRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.autoglm.v1.MediaItem\"*\n\x07GridTHW\x12\t\n\x01t\x18\x01 \x01(\r\x12\t\n\x01h\x18\x02 \x01(\r\x12\t\n\x01w\x18\x03 \x01(\r\"_\n\x0e\x45ncodeResponse\x12&\n\nembeddings\x18\x01 \x03(\x0b\x32\x12.autoglm.v1.Tensor\x12%\n\x08grid_thw\x18\x02 \x03(\x0b\x32\x13.autoglm.v1.GridTHW\"\x14\n\x12\x45ncoderInfoRequest\"y\n\x0b\x45ncoderInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x13\n\x0bhidden_size\x18\x05 \x01(\r\x12\x11\n\tmax_items\x18\x06 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61utoglm/v1/encoder.proto\x12\nautoglm.v1\x1a\x17\x61utoglm/v1/tensor.proto\",\n\tMediaItem\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\"5\n\rEncodeRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.autoglm.v1.MediaItem\"*\n\x07GridTHW\x12\t\n\x01t\x18\x01 \x01(\r\x12\t\n\x01h\x18\x02 \x01(\r\x12\t\n\x01w\x18\x03 \x01(\r\"r\n\x0e\x45ncodeResponse\x12&\n\nembeddings\x18\x01 \x03(\x0b\x32\x12.autoglm.v1.Tensor\x12%\n\x08grid_thw\x18\x02 \x03(\x0b\x32\x13.autoglm.v1.GridTHW\x12\x11\n\tprojected\x18\x03 \x01(\x08\"\x14\n\x12\x45ncoderInfoRequest\"y\n\x0b\x45ncoderInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x13\n\x0bhidden_size\x18\x05 \x01(\r\x12\x11\n\tmax_items\x18\x06 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,9 +39,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GRIDTHW']._serialized_start=166
   _globals['_GRIDTHW']._serialized_end=208
   _globals['_ENCODERESPONSE']._serialized_start=210
-  _globals['_ENCODERESPONSE']._serialized_end=305
-  _globals['_ENCODERINFOREQUEST']._serialized_start=307
-  _globals['_ENCODERINFOREQUEST']._serialized_end=327
-  _globals['_ENCODERINFO']._serialized_start=329
-  _globals['_ENCODERINFO']._serialized_end=450
+  _globals['_ENCODERESPONSE']._serialized_end=324
+  _globals['_ENCODERINFOREQUEST']._serialized_start=326
+  _globals['_ENCODERINFOREQUEST']._serialized_end=346
+  _globals['_ENCODERINFO']._serialized_start=348
+  _globals['_ENCODERINFO']._serialized_end=469
 # @@protoc_insertion_point(module_scope)

@@ -32,12 +32,14 @@ class GridTHW(_message.Message):
     def __init__(self, t: _Optional[int] = ..., h: _Optional[int] = ..., w: _Optional[int] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("embeddings", "grid_thw")
+    __slots__ = ("embeddings", "grid_thw", "projected")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     GRID_THW_FIELD_NUMBER: _ClassVar[int]
+    PROJECTED_FIELD_NUMBER: _ClassVar[int]
     embeddings: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
     grid_thw: _containers.RepeatedCompositeFieldContainer[GridTHW]
-    def __init__(self, embeddings: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., grid_thw: _Optional[_Iterable[_Union[GridTHW, _Mapping]]] = ...) -> None: ...
+    projected: bool
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., grid_thw: _Optional[_Iterable[_Union[GridTHW, _Mapping]]] = ..., projected: _Optional[bool] = ...) -> None: ...
 
 class EncoderInfoRequest(_message.Message):
     __slots__ = ()
