@@ -4,6 +4,7 @@ torchvision)."""
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,44 @@ from typing import Any
 import torch
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+from testkit.media import image_bytes
+
+SCREEN, ICON = image_bytes(size=(224, 308), seed=1), image_bytes(size=(120, 60), seed=2)
+
+
+def image_part(data: bytes) -> dict[str, Any]:
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+# OpenAI chat messages and their images: one image; two images of different sizes across turns.
+CONVERSATIONS: dict[str, tuple[list[dict[str, Any]], list[bytes]]] = {
+    "one image": (
+        [
+            {"role": "system", "content": "You are a phone agent."},
+            {"role": "user", "content": [image_part(SCREEN), {"type": "text", "text": "Maps"}]},
+        ],
+        [SCREEN],
+    ),
+    "two images of different sizes": (
+        [
+            {"role": "user", "content": [{"type": "text", "text": "Step 1"}, image_part(SCREEN)]},
+            {"role": "assistant", "content": "<think>tap</think><answer>do()</answer>"},
+            {"role": "user", "content": [image_part(ICON), {"type": "text", "text": "and now?"}]},
+        ],
+        [SCREEN, ICON],
+    ),
+}
+
+
+def as_template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What transformers' processor users pass: {"type": "image"} parts."""
+    return [
+        m | {"content": [p if p["type"] == "text" else {"type": "image"} for p in m["content"]]}
+        if isinstance(m["content"], list) else m
+        for m in messages
+    ]  # fmt: skip
 
 
 def reference_inputs(

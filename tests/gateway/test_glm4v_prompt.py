@@ -3,9 +3,7 @@ checkpoint's template and tokenizer, and the same (t, h, w) rotary positions as 
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -14,43 +12,7 @@ from transformers import AutoConfig, Glm4vForConditionalGeneration
 from gateway.chat import ChatPrompter, Placeholder
 from gateway.positions import mrope_positions
 from gateway.protocol import ChatCompletionRequest
-from testkit.media import image_bytes
-from tests.glm4v import reference_inputs
-
-SCREEN, ICON = image_bytes(size=(224, 308), seed=1), image_bytes(size=(120, 60), seed=2)
-
-
-def image_part(data: bytes) -> dict[str, Any]:
-    url = "data:image/png;base64," + base64.b64encode(data).decode()
-    return {"type": "image_url", "image_url": {"url": url}}
-
-
-CONVERSATIONS = {
-    "one image": (
-        [
-            {"role": "system", "content": "You are a phone agent."},
-            {"role": "user", "content": [image_part(SCREEN), {"type": "text", "text": "Maps"}]},
-        ],
-        [SCREEN],
-    ),
-    "two images of different sizes": (
-        [
-            {"role": "user", "content": [{"type": "text", "text": "Step 1"}, image_part(SCREEN)]},
-            {"role": "assistant", "content": "<think>tap</think><answer>do()</answer>"},
-            {"role": "user", "content": [image_part(ICON), {"type": "text", "text": "and now?"}]},
-        ],
-        [SCREEN, ICON],
-    ),
-}
-
-
-def as_template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What transformers' processor users pass: {"type": "image"} parts."""
-    return [
-        m | {"content": [p if p["type"] == "text" else {"type": "image"} for p in m["content"]]}
-        if isinstance(m["content"], list) else m
-        for m in messages
-    ]  # fmt: skip
+from tests.glm4v import CONVERSATIONS, as_template_messages, reference_inputs
 
 
 @pytest.fixture(scope="module")
