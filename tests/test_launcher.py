@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from autoglm.v1 import decoder_pb2, decoder_pb2_grpc
+from bundle.hf_import import import_checkpoint
 from bundle.layout import Bundle
 from services import health_probe
 from services.cli import build_parser
@@ -30,8 +32,10 @@ from services.launcher import (
     default_decoder_quantization,
     services_for,
 )
+from testkit.media import image_bytes
 from testkit.processes import Up, alive, free_port
 from tests.deploy.autoglm_args import parse_autoglm
+from tests.glm4v import image_part
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 240.0
@@ -288,3 +292,31 @@ def test_an_imported_bundle_is_served_unquantized_until_quantized(tmp_path: Path
     assert default_decoder_quantization(imported) == ""
     default = bundle_of("default", ("decoder", "vision", "audio", "fusion"), tmp_path / "d")
     assert default_decoder_quantization(default) == ""
+
+
+@pytest.mark.stack
+def test_up_serves_an_imported_glm4v_bundle_without_audio_or_quantizing(
+    glm4v_checkpoint: Path, tmp_path: Path
+) -> None:
+    checkpoint = Path(shutil.copytree(glm4v_checkpoint, tmp_path / "GLM-4.1V"))
+    import_checkpoint(checkpoint)
+    up = Up(checkpoint, tmp_path / "up.log")
+    try:
+        url = up.wait_for_url(READY_TIMEOUT_S)
+        assert sorted(up.children()) == ["decoder", "gateway", "vision"]
+        assert "decoder unquantized" in up.log
+        card = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]
+        assert card["modalities"] == ["text", "image"]
+        content = [image_part(image_bytes(size=(120, 60))), {"type": "text", "text": "hi"}]
+        body = {
+            "model": card["id"],
+            "max_tokens": 2,
+            "messages": [{"role": "user", "content": content}],
+        }
+        reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["usage"]["prompt_tokens_details"]["image_tokens"] == 8  # 56x112 px
+        up.process.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    finally:
+        up.kill_everything()
