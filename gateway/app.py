@@ -12,7 +12,6 @@ import functools
 import importlib.metadata
 import logging
 import re
-import secrets
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -22,17 +21,18 @@ import anyio
 import grpc
 import httpx
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from bundle.layout import Bundle
+from gateway.auth import ApiKeys
 from gateway.chat import ChatPrompter
 from gateway.clients import ServiceClients
 from gateway.config import GatewayConfig
-from gateway.errors import AuthenticationFailed, ModelNotFound, install_error_handlers
+from gateway.errors import ModelNotFound, install_error_handlers
 from gateway.formatting import Formatter
 from gateway.fusion import FusionStage
-from gateway.limits import BodySizeLimit
+from gateway.limits import BodySizeLimit, check_input_size
 from gateway.media import MediaLoader
 from gateway.metrics import ARRIVED, Metrics, ObserveRequests
 from gateway.openapi import ERROR_RESPONSES, STREAM_RESPONSE, truthful_openapi
@@ -108,19 +108,12 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-def _authenticate(request: Request) -> None:
-    key = _gateway(request).config.api_key
-    if not key:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), key.encode()):
-        raise AuthenticationFailed("Incorrect API key provided.")
-
-
 def _request_id(request: Request) -> str:
-    """The caller's X-Request-Id when it is a plain token (it travels as gRPC metadata)."""
+    """The caller's X-Request-Id when it is a plain token (it travels as gRPC metadata); kept
+    on the request so the error handler logs what it hides from the client under it."""
     given = request.headers.get("x-request-id", "")
-    return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request.state.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return str(request.state.request_id)
 
 
 async def _until_disconnected(request: Request, work: Callable[[], Awaitable[T]]) -> T | None:
@@ -167,7 +160,7 @@ async def _respond(
     return StreamingResponse(stream(job, replay()), media_type="text/event-stream", headers=headers)
 
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(_authenticate)], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,8 +180,10 @@ async def _complete(
     request: Request, body: ChatCompletionRequest | CompletionRequest, kind: _Completions
 ) -> Response:
     gateway = _gateway(request)
+    request_id = _request_id(request)
     gateway.check_model(body.model)
-    job = await kind.prepare(gateway.pipeline, body, _request_id(request))
+    check_input_size(body, gateway.config)
+    job = await kind.prepare(gateway.pipeline, body, request_id)
     formatter = gateway.formatter
     return await _respond(
         request,
@@ -286,6 +281,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app.state.metrics = Metrics()
     app.add_middleware(ObserveRequests, metrics=app.state.metrics)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    # added last, so outermost: the key is checked before the body is read or limited
+    app.add_middleware(ApiKeys, api_key=config.api_key, metrics_api_key=config.metrics_api_key)
     app.openapi = lambda: truthful_openapi(app)  # type: ignore[method-assign]
     return app
 

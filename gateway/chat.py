@@ -17,6 +17,7 @@ stays literal, and the placeholder spans always equal the media parts sent.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import secrets
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from gateway.protocol import (
 )
 from services.common.errors import InvalidInput
 
+log = logging.getLogger(__name__)
 IMAGE_TOKEN, AUDIO_TOKEN = "<|image|>", "<|audio|>"
 # Keys the caller sets itself; chat_template_kwargs may not override them.
 RESERVED_TEMPLATE_KWARGS = frozenset(
@@ -168,7 +170,9 @@ class ChatPrompter:
                 **extra,
             )
         except TemplateError as exc:
-            raise InvalidInput(f"the chat template rejected the conversation: {exc}") from None
+            # the template's text may quote objects (addresses): logged, never sent
+            log.warning("the chat template rejected a conversation: %s", exc)
+            raise InvalidInput("the chat template rejected the conversation") from None
         ids: list[int] = []
         for piece, is_text in markers.split(str(rendered)):
             ids += self._ids(piece, literal=is_text)

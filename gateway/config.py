@@ -22,11 +22,21 @@ class GatewayConfig(ServiceConfig):
     audio_target: str = setting("127.0.0.1:50052", "gRPC target of the audio encoder(s)")
     decoder_target: str = setting("127.0.0.1:50053", "gRPC target of the decoder")
     api_key: str = setting("", "bearer key clients must send; empty: no authentication")
+    metrics_api_key: str = setting(
+        "", "bearer key GET /metrics requires (a scraper's own); empty: /metrics is open"
+    )
     request_timeout_s: float = setting(
         600.0, "deadline of one request, encoders and decoder together"
     )
     default_max_tokens: int = setting(1024, "completion length when a request sets no max_tokens")
     max_body_mb: int = setting(64, "largest request body")
+    max_messages: int = setting(256, "most messages in one chat request")
+    max_text_chars: int = setting(
+        400_000, "most characters of text in one request (every message, or the prompt)"
+    )
+    max_tool_bytes: int = setting(
+        256 * 1024, "largest JSON of a request's tools and tool-call arguments together"
+    )
     max_images_per_request: int = setting(16, "most images in one request")
     max_audios_per_request: int = setting(4, "most audio clips in one request")
     max_image_mb: int = setting(20, "largest image file")
@@ -59,6 +69,7 @@ class GatewayConfig(ServiceConfig):
         positive = (
             "request_timeout_s", "default_max_tokens", "max_body_mb", "max_image_mb",
             "max_image_pixels", "max_audio_mb", "max_audio_seconds", "image_fetch_timeout_s",
+            "max_messages", "max_text_chars", "max_tool_bytes",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

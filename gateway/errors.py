@@ -57,6 +57,10 @@ class BodyTooLarge(ApiError):
     status, code = 413, "request_too_large"
 
 
+class UnsupportedEncoding(ApiError):
+    status, code = 415, "unsupported_content_encoding"
+
+
 @dataclasses.dataclass(frozen=True)
 class MappedError:
     status: int
@@ -88,6 +92,8 @@ class OpenAIError:
 
 
 _INVALID = OpenAIError(400, "invalid_request_error", "invalid request", details_safe=True)
+# A service's unexpected failure: its details may hold exception text or addresses, never shown.
+INTERNAL = OpenAIError(500, "server_error", "internal error")
 OPENAI_ERROR_OF_STATUS: dict[grpc.StatusCode, OpenAIError] = {
     grpc.StatusCode.INVALID_ARGUMENT: _INVALID,
     grpc.StatusCode.OUT_OF_RANGE: _INVALID,
@@ -100,6 +106,8 @@ OPENAI_ERROR_OF_STATUS: dict[grpc.StatusCode, OpenAIError] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: OpenAIError(
         504, "timeout_error", "the request did not finish within its deadline"
     ),
+    grpc.StatusCode.INTERNAL: INTERNAL,
+    grpc.StatusCode.UNKNOWN: INTERNAL,
 }
 
 
@@ -109,11 +117,10 @@ def _from_status(kind: OpenAIError, details: str | None, *, trusted: bool = Fals
     return _mapped(kind.status, shown, kind.type, code=kind.code)
 
 
-def _from_grpc(exc: grpc.aio.AioRpcError) -> MappedError:
-    kind = OPENAI_ERROR_OF_STATUS.get(exc.code())
-    if kind is None:
-        log.error("model service failed: %s %s", exc.code(), exc.details())
-        return _mapped(500, "internal error", "server_error")
+def _from_grpc(exc: grpc.aio.AioRpcError, request_id: str) -> MappedError:
+    kind = OPENAI_ERROR_OF_STATUS.get(exc.code(), INTERNAL)
+    if kind.status >= 500:
+        log.error("%s: model service failed: %s %s", request_id, exc.code(), exc.details())
     return _from_status(kind, exc.details())
 
 
@@ -135,9 +142,10 @@ def _from_validation(errors: Sequence[Any]) -> MappedError:
     return _mapped(400, message, "invalid_request_error", param=where or None)
 
 
-def map_exception(exc: BaseException) -> MappedError:
+def map_exception(exc: BaseException, request_id: str = "") -> MappedError:
     """The status and OpenAI body for any exception. A task group's ExceptionGroup is mapped
-    by its first error: that one failure is what ended the request."""
+    by its first error: that one failure is what ended the request. What a client may not see
+    is logged with ``request_id``."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     if isinstance(exc, ApiError):
@@ -149,7 +157,7 @@ def map_exception(exc: BaseException) -> MappedError:
     if isinstance(exc, ServiceError) and status_of(exc) in OPENAI_ERROR_OF_STATUS:
         return _from_status(OPENAI_ERROR_OF_STATUS[status_of(exc)], str(exc), trusted=True)
     if isinstance(exc, grpc.aio.AioRpcError):
-        return _from_grpc(exc)
+        return _from_grpc(exc, request_id)
     if isinstance(exc, HTTPException):
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         mapped = _mapped(exc.status_code, str(exc.detail), kind)
@@ -157,12 +165,12 @@ def map_exception(exc: BaseException) -> MappedError:
         return mapped
     if isinstance(exc, TimeoutError):
         return _from_status(OPENAI_ERROR_OF_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED], None)
-    log.error("unexpected error", exc_info=exc)
-    return _mapped(500, "internal error", "server_error")
+    log.error("%s: unexpected error", request_id, exc_info=exc)
+    return _mapped(INTERNAL.status, INTERNAL.message, INTERNAL.type)
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
-    return map_exception(exc).response()
+    return map_exception(exc, getattr(request.state, "request_id", "")).response()
 
 
 def install_error_handlers(app: FastAPI) -> None:

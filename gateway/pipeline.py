@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -173,13 +174,17 @@ class Pipeline:
         # back to request order: fusion returns all images, then all clips
         embeddings = [next(fused[0] if m.kind == "image" else fused[1]) for m in media]
         template_kwargs = dict(body.chat_template_kwargs or {})
-        prompt = self.prompter.render(
-            body.messages,
-            [(m.kind, int(e.shape[0])) for m, e in zip(media, embeddings, strict=True)],
-            enable_thinking=body.thinking,
-            add_generation_prompt=body.add_generation_prompt,
-            tools=body.tools,
-            template_kwargs=template_kwargs,
+        # rendering and tokenizing are CPU work on bounded inputs (limits.check_input_size)
+        prompt = await anyio.to_thread.run_sync(
+            functools.partial(
+                self.prompter.render,
+                body.messages,
+                [(m.kind, int(e.shape[0])) for m, e in zip(media, embeddings, strict=True)],
+                enable_thinking=body.thinking,
+                add_generation_prompt=body.add_generation_prompt,
+                tools=body.tools,
+                template_kwargs=template_kwargs,
+            )
         )
         segments = tuple(
             MultimodalSegment(p.offset, e)
@@ -205,7 +210,8 @@ class Pipeline:
         return ReasoningOutput.SEPARATE if body.return_reasoning else ReasoningOutput.DROP
 
     async def prepare_completion(self, body: CompletionRequest, request_id: str) -> Job:
-        prompt = Prompt(self.prompter.encode_prompt(body.prompt_text), [])
+        ids = await anyio.to_thread.run_sync(self.prompter.encode_prompt, body.prompt_text)
+        prompt = Prompt(ids, [])
         deadline = Deadline(self.config.request_timeout_s)
         parser = {"split_reasoning": False}
         return await self._job("cmpl", body, request_id, deadline, prompt, (), parser)

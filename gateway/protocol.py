@@ -3,15 +3,18 @@ requests (messages, content parts, parameters), then the responses, streamed chu
 models and errors.
 
 Requests accept and ignore fields they do not know (clients written for OpenAI or vLLM send
-many), and cap every list and count in the schema, so oversized requests fail validation (400)
-before any work. ``to_sampling_params``/``to_stopping_params`` produce the decoder's types.
+many), and cap every list, string and number in the schema to what the decoder's protobuf
+fields and the model hold, so oversized requests fail validation (400, the field named) before
+any work. Fields that would choose server code paths are refused, not ignored: ``chat_template``
+and any ``chat_template_kwargs`` key but the documented ones (``TEMPLATE_KWARGS``).
+``to_sampling_params``/``to_stopping_params`` produce the decoder's types.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.decoder.types import MAX_TOP_LOGPROBS, SamplingParams, StoppingParams
 
@@ -23,6 +26,10 @@ MAX_STOP_CHARS = 256
 MAX_TOKENS = 1 << 20
 MAX_N = 8
 MAX_COMPLETION_LOGPROBS = 5
+MAX_NAME_CHARS = 256
+INT32_MAX = (1 << 31) - 1  # top_k and token ids travel as protobuf int32
+# chat_template_kwargs a request may set, with their types; every other key is a 400
+TEMPLATE_KWARGS: dict[str, type] = {"enable_thinking": bool}
 
 
 class Request(BaseModel):
@@ -34,6 +41,8 @@ class Request(BaseModel):
 # --- content parts ---------------------------------------------------------------------------
 
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
 class TextPart(Request):
@@ -89,22 +98,22 @@ TextParts = Annotated[list[TextPart], Field(max_length=MAX_PARTS)]
 class SystemMessage(Request):
     role: Literal["system", "developer"]
     content: Text | TextParts
-    name: str | None = None
+    name: Name | None = None
 
 
 class UserMessage(Request):
     role: Literal["user"]
     content: Text | Annotated[list[ContentPart], Field(max_length=MAX_PARTS)]
-    name: str | None = None
+    name: Name | None = None
 
 
 class FunctionCall(Request):
-    name: str
-    arguments: str
+    name: Name
+    arguments: Text
 
 
 class ToolCall(Request):
-    id: str
+    id: Name
     type: Literal["function"] = "function"
     function: FunctionCall
 
@@ -114,14 +123,14 @@ class AssistantMessage(Request):
     content: Text | Annotated[list[TextPart | RefusalPart], Field(max_length=MAX_PARTS)] | None = (
         None
     )
-    name: str | None = None
+    name: Name | None = None
     tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_PARTS)] | None = None
 
 
 class ToolMessage(Request):
     role: Literal["tool"]
     content: Text | TextParts
-    tool_call_id: str
+    tool_call_id: Name
 
 
 Message = Annotated[
@@ -138,13 +147,15 @@ class StreamOptions(Request):
 class GenerationParams(Request):
     """What chat and text completions share: model, sampling, stopping, streaming."""
 
-    model: str
+    model: Name
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1, description="vLLM extension; 0 or -1 disables it")
+    top_k: int | None = Field(
+        None, ge=-1, le=INT32_MAX, description="vLLM extension; 0 or -1 disables it"
+    )
     seed: int | None = Field(None, ge=-(1 << 63), lt=1 << 64)
     stop: (
         Annotated[str, Field(max_length=MAX_STOP_CHARS)]
@@ -153,12 +164,12 @@ class GenerationParams(Request):
         ]
         | None
     ) = None
-    stop_token_ids: Annotated[list[int], Field(max_length=MAX_STOP)] | None = None
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP)] | None = None
     ignore_eos: bool = False
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     n: int = Field(1, ge=1, le=MAX_N)
-    user: str | None = None
+    user: Name | None = None
 
     @property
     def stop_strings(self) -> list[str]:
@@ -203,7 +214,12 @@ class ChatCompletionRequest(GenerationParams):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_PARTS)] | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description=f"only {', '.join(TEMPLATE_KWARGS)}; any other key is refused"
+    )
+    chat_template: str | None = Field(
+        None, description="refused: the server renders with the model's own template"
+    )
     add_generation_prompt: bool = True
     enable_thinking: bool | None = Field(
         None, description="thinking mode of the chat template (also chat_template_kwargs)"
@@ -214,6 +230,24 @@ class ChatCompletionRequest(GenerationParams):
     keep_reasoning_inline: bool | None = Field(
         None, description="keep <think>...</think> inline in content (server default if unset)"
     )
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _documented_template_kwargs(cls, kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key, value in (kwargs or {}).items():
+            kind = TEMPLATE_KWARGS.get(key)
+            if kind is None:
+                supported = ", ".join(TEMPLATE_KWARGS)
+                raise ValueError(f"unsupported key {key!r}; supported: {supported}")
+            if not isinstance(value, kind):
+                raise ValueError(f"{key} must be a {kind.__name__}")
+        return kwargs
+
+    @field_validator("chat_template")
+    @classmethod
+    def _no_request_template(cls, template: str | None) -> None:
+        if template is not None:
+            raise ValueError("a request may not set the chat template; the model's own is used")
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:

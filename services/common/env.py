@@ -52,6 +52,7 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_GATEWAY_PORT": "gateway HTTP port (8000)",
     "AUTOGLM_GATEWAY_DEVICE": "gateway device (FP16 fusion): cpu, cuda:N or auto",
     "AUTOGLM_GATEWAY_API_KEY": "bearer key the gateway requires (empty: no auth)",
+    "AUTOGLM_GATEWAY_METRICS_API_KEY": "bearer key GET /metrics requires (empty: open)",
     "AUTOGLM_GATEWAY_VISION_TARGET": "gRPC target of the vision encoder(s), e.g. dns:///vision:50051",
     "AUTOGLM_GATEWAY_AUDIO_TARGET": "gRPC target of the audio encoder(s)",
     "AUTOGLM_GATEWAY_DECODER_TARGET": "gRPC target of the decoder",

@@ -77,3 +77,12 @@ def test_completion_prompts_parse_special_tokens_but_refuse_media(prompter: Chat
     assert tokens(prompter, ids)[:2] == ["[gMASK]", "<sop>"]
     with pytest.raises(InvalidInput):
         prompter.encode_prompt("look <|image|>")
+
+
+def test_a_template_error_is_a_fixed_message(bundle: Bundle) -> None:
+    """What a failing template says (it may quote objects and addresses) is only logged."""
+    raising = ChatPrompter.from_pretrained(bundle.decoder)
+    raising.tokenizer.chat_template = "{{ raise_exception('broken at 0x7f2c0000') }}"
+    with pytest.raises(InvalidInput) as caught:
+        raising.render(messages({"type": "text", "text": "hi"}).messages, [], enable_thinking=False)
+    assert str(caught.value) == "the chat template rejected the conversation"

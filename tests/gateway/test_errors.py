@@ -6,7 +6,13 @@ import grpc
 import pytest
 from pydantic import ValidationError
 
-from gateway.errors import AuthenticationFailed, BodyTooLarge, ModelNotFound, map_exception
+from gateway.errors import (
+    AuthenticationFailed,
+    BodyTooLarge,
+    ModelNotFound,
+    UnsupportedEncoding,
+    map_exception,
+)
 from gateway.protocol import ChatCompletionRequest
 from services.common.errors import InvalidInput, NotReady, Overloaded, TooLarge
 
@@ -33,6 +39,7 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
         (AuthenticationFailed("no"), 401, "authentication_error"),
         (ModelNotFound("no such model", param="model"), 404, "invalid_request_error"),
         (BodyTooLarge("big"), 413, "invalid_request_error"),
+        (UnsupportedEncoding("gzip"), 415, "invalid_request_error"),
         (TimeoutError(), 504, "timeout_error"),
     ],
 )  # fmt: skip
@@ -42,11 +49,19 @@ def test_status_and_type(exc: Exception, status: int, kind: str) -> None:
     assert ("Retry-After" in mapped.headers) == (status in (429, 503))
 
 
-def test_unexpected_errors_never_echo_their_text() -> None:
+def test_unexpected_errors_never_echo_their_text(caplog: pytest.LogCaptureFixture) -> None:
+    """A fixed message per kind for the client; the details in the log, under the request id."""
     secret = "object at 0x7f3a /home/user/.venv/lib/site.py"
-    for exc in (RuntimeError(secret), rpc_error(Code.UNKNOWN, secret)):
-        mapped = map_exception(exc)
-        assert mapped.status == 500 and secret not in mapped.body.model_dump_json()
+    unexpected = (
+        RuntimeError(secret), rpc_error(Code.UNKNOWN, secret), rpc_error(Code.INTERNAL, secret),
+        rpc_error(Code.PERMISSION_DENIED, secret), rpc_error(Code.DATA_LOSS, secret),
+    )  # fmt: skip
+    for exc in unexpected:
+        caplog.clear()
+        mapped = map_exception(exc, request_id="req-42")
+        assert mapped.status == 500 and mapped.body.error.message == "internal error"
+        assert secret not in mapped.body.model_dump_json()
+        assert "req-42" in caplog.text and (secret in caplog.text or "RuntimeError" in caplog.text)
     unavailable = map_exception(rpc_error(Code.UNAVAILABLE, "ipv4:10.0.0.1:50051"))
     assert "10.0.0.1" not in unavailable.body.error.message
 
