@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.unhonoured import ChatUnhonoured, CompletionUnhonoured
 from services.decoder.types import MAX_TOP_LOGPROBS, SamplingParams, StoppingParams
 
 MAX_MESSAGES = 512
@@ -33,7 +34,8 @@ TEMPLATE_KWARGS: dict[str, type] = {"enable_thinking": bool}
 
 
 class Request(BaseModel):
-    """Unknown fields are accepted and ignored, as OpenAI and vLLM do."""
+    """Unknown fields are accepted and ignored, as OpenAI and vLLM do; known fields the server
+    does not honour are refused by name (``gateway.unhonoured``)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -140,6 +142,43 @@ Message = Annotated[
 # --- parameters ------------------------------------------------------------------------------
 
 
+class TextFormat(Request):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(Request):
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(Request):
+    name: str = Field(max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(Request):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
+
+
+class NamedFunction(Request):
+    name: str
+
+
+class NamedToolChoice(Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class StreamOptions(Request):
     include_usage: bool = False
 
@@ -208,12 +247,16 @@ class GenerationParams(Request):
         )
 
 
-class ChatCompletionRequest(GenerationParams):
+class ChatCompletionRequest(GenerationParams, ChatUnhonoured):
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_PARTS)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    metadata: dict[str, str] | None = Field(None, description="accepted, not stored")
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description=f"only {', '.join(TEMPLATE_KWARGS)}; any other key is refused"
     )
@@ -255,6 +298,20 @@ class ChatCompletionRequest(GenerationParams):
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
 
+    @field_validator("response_format")
+    @classmethod
+    def _only_text_format(cls, value: ResponseFormat | None) -> ResponseFormat | None:
+        if value is not None and value.type != "text":
+            raise ValueError(f"not supported by this server: {value.type}")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _only_free_tool_choice(cls, value: ToolChoice | None) -> ToolChoice | None:
+        if value not in (None, "none", "auto"):
+            raise ValueError("not supported by this server: forced tool calls")
+        return value
+
     @property
     def thinking(self) -> bool:
         """Top-level enable_thinking wins over chat_template_kwargs; off unless asked."""
@@ -279,7 +336,7 @@ class ChatCompletionRequest(GenerationParams):
         ]
 
 
-class CompletionRequest(GenerationParams):
+class CompletionRequest(GenerationParams, CompletionUnhonoured):
     prompt: (
         Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
         | Annotated[
@@ -289,7 +346,6 @@ class CompletionRequest(GenerationParams):
     ) = Field(description="one prompt (a string or a list holding one string)")
     max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS)
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
-    echo: Literal[False] = False
 
     @property
     def prompt_text(self) -> str:

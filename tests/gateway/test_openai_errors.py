@@ -55,8 +55,23 @@ BROKEN_AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "form
         ({"messages": user(url_part("http://169.254.169.254/latest/meta-data"))}, None),
         ({"messages": user(BROKEN_AUDIO)}, None),
         ({"messages": [{"role": "user", "content": "lorem ipsum " * 20_000}]}, None),  # > context
+        ({"extra_body": {"best_of": 2}}, "best_of"),
+        ({"modalities": ["text", "audio"], "audio": {"voice": "alloy"}}, "audio"),
+        ({"response_format": {"type": "grammar"}}, "response_format"),
     ],
-    ids=["n", "max_tokens", "role", "broken-image", "huge-image", "ssrf", "audio", "too-long"],
+    ids=[
+        "n",
+        "max_tokens",
+        "role",
+        "broken-image",
+        "huge-image",
+        "ssrf",
+        "audio",
+        "too-long",
+        "best_of",
+        "audio-output",
+        "response_format",
+    ],
 )
 def test_bad_requests_are_400(
     client: openai.OpenAI, params: dict[str, Any], param: str | None

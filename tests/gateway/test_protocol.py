@@ -52,7 +52,7 @@ def test_every_role_and_content_part_the_spec_allows_is_accepted() -> None:
 
 
 def test_unknown_fields_are_accepted_and_ignored() -> None:
-    request = chat(response_format={"type": "text"}, logit_bias={"1": 2}, whatever=[1, 2])
+    request = chat(whatever=[1, 2], some_vendor_field={"x": 1})
     assert not hasattr(request, "whatever")
 
 
@@ -125,3 +125,44 @@ def test_completion_request_takes_one_prompt() -> None:
         CompletionRequest.model_validate(body | {"prompt": ["a", "b"]})
     with pytest.raises(ValidationError):
         CompletionRequest.model_validate(body | {"logprobs": 6})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("best_of", 2),
+        ("use_beam_search", True),
+        ("audio", {"voice": "alloy", "format": "wav"}),
+        ("modalities", ["text", "audio"]),
+        ("prediction", {"type": "content", "content": "x"}),
+        ("functions", [{"name": "f"}]),
+        ("function_call", "auto"),
+        ("reasoning_effort", "high"),
+        ("store", True),
+        ("service_tier", "flex"),
+        ("guided_json", {"type": "object"}),
+        ("response_format", {"type": "grammar", "grammar": "x"}),
+    ],
+)
+def test_fields_the_server_does_not_honour_are_refused_by_name(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError) as refused:
+        chat(**{field: value})
+    assert refused.value.errors()[0]["loc"][0] == field
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("suffix", "the end"), ("echo", True), ("best_of", 3)]
+)
+def test_completion_fields_the_server_does_not_honour_are_refused(field: str, value: Any) -> None:
+    body = {"model": "m", "prompt": "once upon", field: value}
+    with pytest.raises(ValidationError) as refused:
+        CompletionRequest.model_validate(body)
+    assert refused.value.errors()[0]["loc"][0] == field
+
+
+def test_the_values_that_change_nothing_pass() -> None:
+    """What the openai SDK, langchain-openai and Open-AutoGLM may send as defaults."""
+    chat(best_of=1, store=False, modalities=["text"], service_tier="auto", user="u",
+         metadata={"k": "v"}, response_format={"type": "text"}, tool_choice="none",
+         parallel_tool_calls=True, echo=False, stream_options={"include_usage": True})  # fmt: skip
+    CompletionRequest.model_validate({"model": "m", "prompt": "x", "suffix": "", "echo": False})
