@@ -49,7 +49,7 @@ T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
 MODEL_INFO_TIMEOUT_S = 2.0
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-ENCODER_SERVICES = {"image": VISION_SERVICE, "audio": AUDIO_SERVICE}
+SERVICE_OF_MODALITY = {"text": DECODER_SERVICE, "image": VISION_SERVICE, "audio": AUDIO_SERVICE}
 
 
 class Gateway:
@@ -58,7 +58,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.bundle = Bundle.load(config.bundle)
-        prompter = ChatPrompter.from_pretrained(self.bundle.decoder)
+        prompter = ChatPrompter.from_pretrained(self.bundle.decoder, self.bundle.modalities)
         fusion = FusionStage.for_bundle(
             self.bundle, resolve_device(config.device), config.fusion_dtype
         )
@@ -68,16 +68,14 @@ class Gateway:
             config, prompter, fusion, self.clients, MediaLoader(config, self.http),
             self.bundle.modalities, image_layout(self.bundle, config),
         )  # fmt: skip
-        version = importlib.metadata.version("autoglm-serve")
         self.formatter = Formatter(
             model=self.bundle.served_model_name,
-            system_fingerprint=f"autoglm-serve-{version}",
+            system_fingerprint=f"autoglm-serve-{importlib.metadata.version('autoglm-serve')}",
             tokenizer=prompter.tokenizer.backend_tokenizer,
         )
         self.started = int(time.time())
         # the services this bundle needs: no audio encoder for a model that takes no audio
-        encoders = [ENCODER_SERVICES[m] for m in self.bundle.modalities if m in ENCODER_SERVICES]
-        self.backends = [DECODER_SERVICE, *encoders]
+        self.backends = [SERVICE_OF_MODALITY[m] for m in self.bundle.modalities]
 
     async def close(self) -> None:
         await self.clients.close()

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -118,21 +118,30 @@ class ChatPrompter:
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        image_token: str = IMAGE_TOKEN,
+        image_token: str | None = IMAGE_TOKEN,
         audio_token: str | None = AUDIO_TOKEN,
     ) -> None:
         self.tokenizer = tokenizer
-        self.image_id = self._special_id(image_token)
-        # None: the model takes no audio (the pipeline refuses audio parts before rendering)
+        # None: the model takes no such media (the pipeline refuses those parts before rendering)
+        self.image_id = self._special_id(image_token) if image_token else None
         self.audio_id = self._special_id(audio_token) if audio_token else None
 
     @classmethod
-    def from_pretrained(cls, decoder_dir: Path) -> ChatPrompter:
+    def from_pretrained(
+        cls, decoder_dir: Path, modalities: Sequence[str] = ("text", "image", "audio")
+    ) -> ChatPrompter:
+        """The placeholders of the modalities the bundle takes: a text-only checkpoint's
+        tokenizer need not know any media token."""
         tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
         image_token_id = getattr(AutoConfig.from_pretrained(decoder_dir), "image_token_id", None)
-        if image_token_id is None:
-            return cls(tokenizer)
-        return cls(tokenizer, str(tokenizer.convert_ids_to_tokens(image_token_id)), None)
+        image_token = IMAGE_TOKEN
+        if image_token_id is not None:
+            image_token = str(tokenizer.convert_ids_to_tokens(image_token_id))
+        return cls(
+            tokenizer,
+            image_token if "image" in modalities else None,
+            AUDIO_TOKEN if "audio" in modalities else None,
+        )
 
     def _special_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
@@ -194,8 +203,8 @@ class ChatPrompter:
             kind: [rows for k, rows in media_rows if k == kind] for kind in ("image", "audio")
         }
         found = {
-            "image": ids.count(self.image_id),
-            "audio": ids.count(self.audio_id) if self.audio_id is not None else 0,
+            kind: ids.count(token) if token is not None else 0
+            for kind, token in (("image", self.image_id), ("audio", self.audio_id))
         }
         for kind, rows in queues.items():
             if found[kind] != len(rows):

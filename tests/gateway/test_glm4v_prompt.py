@@ -27,7 +27,7 @@ def test_ids_and_positions_equal_transformers(
     messages, images = CONVERSATIONS[case]
     reference = reference_inputs(glm4v_checkpoint, as_template_messages(messages), images)
     grids = [tuple(int(x) for x in g) for g in reference["image_grid_thw"]]
-    prompter = ChatPrompter.from_pretrained(glm4v_checkpoint)
+    prompter = ChatPrompter.from_pretrained(glm4v_checkpoint, ("text", "image"))
     request = ChatCompletionRequest.model_validate({"model": "m", "messages": messages})
     prompt = prompter.render(
         request.messages, [("image", t * h * w // 4) for t, h, w in grids], enable_thinking=False
@@ -43,7 +43,7 @@ def test_ids_and_positions_equal_transformers(
 
 
 def test_the_image_placeholder_is_the_checkpoints_own_id(glm4v_checkpoint: Path) -> None:
-    prompter = ChatPrompter.from_pretrained(glm4v_checkpoint)
+    prompter = ChatPrompter.from_pretrained(glm4v_checkpoint, ("text", "image"))
     assert prompter.image_id == AutoConfig.from_pretrained(glm4v_checkpoint).image_token_id
     assert prompter.audio_id is None
 
@@ -55,3 +55,16 @@ def test_text_only_prompts_take_text_positions_on_every_axis() -> None:
 def test_a_placeholder_that_does_not_fit_its_grid_is_an_error() -> None:
     with pytest.raises(ValueError, match="grid"):
         mrope_positions(10, [(Placeholder("image", 2, 5), (1, 4, 4))], 2)
+
+
+def test_a_text_only_bundle_needs_no_media_tokens(glm4v_checkpoint: Path) -> None:
+    prompter = ChatPrompter.from_pretrained(glm4v_checkpoint, ("text",))
+    assert (prompter.image_id, prompter.audio_id) == (None, None)
+    request = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "<|image|> is text here"}]}
+    )
+    prompt = prompter.render(request.messages, [], enable_thinking=False)
+    assert prompt.placeholders == []
+    assert prompter.tokenizer.decode(prompt.input_ids).endswith(
+        "<|image|> is text here<|assistant|>\n"
+    )
