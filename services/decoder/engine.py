@@ -8,6 +8,8 @@ thread-safe, except ``validate`` and ``prepare``, which read only fixed settings
 
 from __future__ import annotations
 
+from services.common.errors import InvalidInput
+from services.decoder.constraints import ConstraintCompiler
 from services.decoder.kv_cache import KVCache
 from services.decoder.model import Glm4ForCausalLM
 from services.decoder.model_runner import ModelRunner
@@ -23,8 +25,10 @@ class Engine:
         cache: KVCache,
         limits: EngineLimits,
         eos_token_ids: tuple[int, ...] = (),
+        constraints: ConstraintCompiler | None = None,
     ) -> None:
         self.model = model
+        self.constraints = constraints
         self.cache = cache
         self.limits = limits
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -40,11 +44,17 @@ class Engine:
         self.runner.validate(request)
 
     def prepare(self, request: GenerateRequest) -> Pending:
-        """Validate and hash a request for the prefix cache. Reads only fixed settings, so any
-        thread may call it: hashing a large image's embeddings takes milliseconds that the
-        engine thread, decoding for everyone, should not spend."""
+        """Validate a request, hash it for the prefix cache and compile its constraint. Reads
+        only fixed settings, so any thread may call it: hashing a large image's embeddings or
+        compiling a grammar takes milliseconds that the engine thread, decoding for everyone,
+        should not spend."""
         self.validate(request)
-        return Pending(request, self.cache.prefix_hashes(request))
+        grammar = None
+        if request.constraint is not None:
+            if self.constraints is None:
+                raise InvalidInput("this decoder has no tokenizer to compile constraints with")
+            grammar = self.constraints.matcher(request.constraint)
+        return Pending(request, self.cache.prefix_hashes(request), grammar)
 
     def add(self, request: GenerateRequest | Pending) -> None:
         """Queue a request; Overloaded when ``max_waiting_requests`` already wait."""

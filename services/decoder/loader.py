@@ -12,6 +12,7 @@ import torch
 from bundle.layout import Bundle
 from services.common.device import resolve_device
 from services.decoder.config import DecoderConfig
+from services.decoder.constraints import ConstraintCompiler
 from services.decoder.engine import Engine, EngineLimits
 from services.decoder.kv_cache import KVCache
 from services.decoder.model import Glm4ForCausalLM
@@ -75,6 +76,18 @@ def eos_token_ids(folder: Path) -> tuple[int, ...]:
     return ()
 
 
+def load_constraints(
+    folder: Path, vocab_size: int, eos: tuple[int, ...]
+) -> ConstraintCompiler | None:
+    """Constraints compile against the tokenizer beside the weights; without one (or without
+    an EOS to end a grammar with) constrained requests are refused."""
+    tokenizer = folder / "tokenizer.json"
+    if not tokenizer.is_file() or not eos:
+        log.warning("no tokenizer.json or EOS in %s: constrained decoding is off", folder)
+        return None
+    return ConstraintCompiler(tokenizer.read_text(), vocab_size, eos[0])
+
+
 def load_decoder(config: DecoderConfig) -> LoadedDecoder:
     from services.decoder.quant import apply_quantization
 
@@ -103,7 +116,9 @@ def load_decoder(config: DecoderConfig) -> LoadedDecoder:
         config.max_running_requests, max_model_len, config.prefill_chunk_tokens,
         config.max_waiting_requests,
     )  # fmt: skip
-    engine = Engine(model, cache, limits, eos_token_ids(bundle.decoder))
+    eos = eos_token_ids(bundle.decoder)
+    constraints = load_constraints(bundle.decoder, int(model_config.vocab_size), eos)
+    engine = Engine(model, cache, limits, eos, constraints)
     log.info(
         "decoder on %s (%s, %s): %d cache tokens, max_model_len %d",
         device, dtype, label, cache.total_tokens, max_model_len,

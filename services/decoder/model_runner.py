@@ -9,9 +9,12 @@ token of every request the plan names.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from services.common.errors import InvalidInput
+from services.decoder.constraints import GrammarState
 from services.decoder.kv_cache import KVCache
 from services.decoder.model import Glm4ForCausalLM
 from services.decoder.packing import DevicePrompt, Segment, pack, splice
@@ -53,6 +56,12 @@ class ModelRunner:
                 )
             if not segment.embeddings.is_floating_point():
                 raise InvalidInput("segment embeddings must be floating point")
+        bias_ids = [t for t, _ in request.sampling.logit_bias]
+        if bias_ids and max(bias_ids) >= self.vocab_size:
+            raise InvalidInput(f"logit_bias token ids must be in [0, {self.vocab_size})")
+        start = request.constraint.start_after_token_id if request.constraint else None
+        if start is not None and start >= self.vocab_size:
+            raise InvalidInput(f"start_after_token_id must be in [0, {self.vocab_size})")
 
     @torch.inference_mode()
     def run(self, plan: Plan) -> tuple[list[int], list[TokenLogprob | None]]:
@@ -68,12 +77,13 @@ class ModelRunner:
         if not sampled:
             return [], []
         logits = self.model.logits(hidden[self._longs(index)])
-        return self.sampler.sample(logits, [s.row for s in sampled])
+        grammars = [cast(GrammarState | None, s.grammar) for s in sampled]
+        return self.sampler.sample(logits, [s.row for s in sampled], grammars)
 
     def _set_up(self, seq: Sequence) -> None:
         """A newly admitted request's row: its sampler state and its prompt on the device."""
         request = seq.request
-        self.sampler.assign(seq.row, request.sampling)
+        self.sampler.assign(seq.row, request.sampling, request.input_ids)
         segments = tuple(
             Segment(s.offset, s.offset + s.length, s.embeddings.to(self.device, self.model.dtype))
             for s in request.segments

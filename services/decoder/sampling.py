@@ -6,12 +6,19 @@ step gathers it with one index instead of a Python loop over requests. Randomnes
 exponential race (``argmax(p / E)``, ``E ~ Exp(1)``), which samples from ``p`` exactly and lets
 each seeded request draw its noise from its own ``torch.Generator``: its tokens then depend on
 its seed only, not on which other requests share the batch.
+
+The order is vLLM's: logit bias, penalties, the grammar mask (constrained rows only), then for
+random rows temperature, min-p, top-k and top-p. Each stage runs only when a row in the step
+asks for it, so requests without these options pay nothing for them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from services.decoder.constraints import GrammarState, allowed, bitmask_words
 from services.decoder.types import SamplingParams, TokenLogprob
 
 
@@ -39,6 +46,23 @@ def apply_penalties(
     return logits - frequency[:, None] * counts - presence[:, None] * (counts > 0)
 
 
+def apply_repetition_penalty(
+    logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor
+) -> torch.Tensor:
+    """vLLM's (from CTRL): the logit of every token seen in the prompt or the output is divided
+    by the penalty where positive and multiplied by it where negative."""
+    penalty = penalty[:, None]
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def mask_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """-inf for tokens less likely than min_p times the most likely one."""
+    probs = logits.softmax(dim=-1)
+    threshold = probs.amax(dim=-1, keepdim=True) * min_p[:, None]
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
 class Sampler:
     def __init__(self, max_rows: int, vocab_size: int, device: torch.device) -> None:
         self.device = device
@@ -48,15 +72,29 @@ class Sampler:
         self.top_k = torch.zeros(max_rows, dtype=torch.long, device=device)
         self.presence = torch.zeros(max_rows, device=device)
         self.frequency = torch.zeros(max_rows, device=device)
+        self.min_p = torch.zeros(max_rows, device=device)
+        self.repetition = torch.ones(max_rows, device=device)
+        self.bias = torch.zeros(max_rows, vocab_size, device=device)
+        self.prompt_tokens = torch.zeros(max_rows, vocab_size, dtype=torch.bool, device=device)
+        self.mask_words = bitmask_words(max_rows, vocab_size)  # on the CPU, where masks are made
         self.params: list[SamplingParams] = [SamplingParams()] * max_rows
         self.generators: list[torch.Generator | None] = [None] * max_rows
         self.shared_generator = torch.Generator(device=device)
         self.shared_generator.seed()
 
-    def assign(self, row: int, params: SamplingParams) -> None:
-        """Give a row to a newly admitted request."""
+    def assign(self, row: int, params: SamplingParams, prompt: Sequence[int] = ()) -> None:
+        """Give a row to a newly admitted request (its prompt ids: the repetition penalty's)."""
         self.params[row] = params
         self.counts[row].zero_()
+        self.min_p[row] = params.min_p
+        self.repetition[row] = params.repetition_penalty
+        self.bias[row].zero_()
+        if params.logit_bias:
+            ids, values = zip(*params.logit_bias, strict=True)
+            self.bias[row, list(ids)] = torch.tensor(values, device=self.device)
+        self.prompt_tokens[row].zero_()
+        if params.repetition_penalty != 1:
+            self.prompt_tokens[row, list(prompt)] = True
         self.temperature[row] = params.temperature
         self.top_p[row] = params.top_p
         self.top_k[row] = params.top_k
@@ -69,18 +107,21 @@ class Sampler:
         self.generators[row] = generator
 
     def sample(
-        self, logits: torch.Tensor, rows: list[int]
+        self,
+        logits: torch.Tensor,
+        rows: list[int],
+        grammars: Sequence[GrammarState | None] = (),
     ) -> tuple[list[int], list[TokenLogprob | None]]:
         """The next token of each row (logits [len(rows), vocab], fp32), and its logprobs where
-        asked. Logprobs are those of the model's own distribution, before penalties,
+        asked; ``grammars``: each row's constraint, if any, which the token then advances.
+        Logprobs are those of the model's own distribution, before bias, penalties, grammar,
         temperature and top-k/top-p, as vLLM reports them."""
         params = [self.params[r] for r in rows]
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
-        scores = logits
-        if any(p.presence_penalty or p.frequency_penalty for p in params):
-            scores = apply_penalties(
-                scores, self.counts[index], self.presence[index], self.frequency[index]
-            )
+        scores = self._adjust(logits, params, index)
+        constrained = [(i, g) for i, g in enumerate(grammars) if g is not None and g.active]
+        if constrained:
+            scores = self._constrain(scores, constrained)
         tokens = scores.argmax(dim=-1)
         if not all(p.greedy for p in params):
             tokens = torch.where(
@@ -90,12 +131,44 @@ class Sampler:
             (index, tokens), torch.ones_like(tokens, dtype=torch.float32), accumulate=True
         )
         token_ids = tokens.tolist()
+        for grammar, token in zip(grammars, token_ids, strict=False):
+            if grammar is not None:
+                grammar.advance(token)
         return token_ids, self._logprobs(logits, tokens, token_ids, params)
+
+    def _adjust(
+        self, logits: torch.Tensor, params: list[SamplingParams], index: torch.Tensor
+    ) -> torch.Tensor:
+        """Logit bias, then the repetition, presence and frequency penalties."""
+        scores = logits
+        if any(p.logit_bias for p in params):
+            scores = scores + self.bias[index]
+        if any(p.repetition_penalty != 1 for p in params):
+            seen = self.prompt_tokens[index] | (self.counts[index] > 0)
+            scores = apply_repetition_penalty(scores, seen, self.repetition[index])
+        if any(p.presence_penalty or p.frequency_penalty for p in params):
+            scores = apply_penalties(
+                scores, self.counts[index], self.presence[index], self.frequency[index]
+            )
+        return scores
+
+    def _constrain(
+        self, scores: torch.Tensor, constrained: list[tuple[int, GrammarState]]
+    ) -> torch.Tensor:
+        """-inf for the tokens each constrained row's grammar forbids; other rows untouched."""
+        words = self.mask_words[: len(constrained)]
+        for k, (_, grammar) in enumerate(constrained):
+            grammar.fill_mask(words[k])
+        ok = allowed(words.to(self.device), scores.shape[-1])
+        at = torch.tensor([i for i, _ in constrained], dtype=torch.long, device=self.device)
+        return scores.index_put((at,), scores[at].masked_fill(~ok, float("-inf")))
 
     def _draw(self, scores: torch.Tensor, rows: list[int], index: torch.Tensor) -> torch.Tensor:
         params = [self.params[r] for r in rows]
         temperature = self.temperature[index].clamp_min(1e-5)
         scores = scores / temperature[:, None]
+        if any(p.min_p > 0 for p in params):
+            scores = mask_min_p(scores, self.min_p[index])
         if any(p.top_k or p.top_p < 1 for p in params):
             scores = mask_top_k_top_p(scores, self.top_k[index], self.top_p[index])
         probs = scores.softmax(dim=-1)

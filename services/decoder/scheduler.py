@@ -199,9 +199,9 @@ class Scheduler:
         seq.output.append(token)
         stopping = seq.request.stopping
         finish = None
-        if token in stopping.stop_token_ids or (
-            not stopping.ignore_eos and token in self.eos_token_ids
-        ):
+        # a constrained request's EOS is its grammar's end: it stops even with ignore_eos
+        honours_eos = not stopping.ignore_eos or seq.grammar is not None
+        if token in stopping.stop_token_ids or (honours_eos and token in self.eos_token_ids):
             finish = FinishReason.STOP
         elif len(seq.output) >= seq.max_tokens:
             finish = FinishReason.LENGTH
@@ -252,6 +252,7 @@ class Scheduler:
                 max_tokens=self._reservation(pending.request) - len(pending.request.input_ids),
                 block_hashes=pending.block_hashes,
                 reused=cached,
+                grammar=pending.grammar,
             )
             plan.admitted.append(seq)
         seq.cached = cached

@@ -1,6 +1,7 @@
 """One request inside the engine: waiting with its prompt's block hashes, then running with its
 cache blocks and its progress. Pure Python: what the model runner keeps on its device for a
-request (prompt ids, positions, multimodal embeddings) rides along, opaque, in ``inputs``."""
+request (prompt ids, positions, multimodal embeddings) rides along, opaque, in ``inputs``, and
+so does its constraint's matcher in ``grammar``, freed with the request."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Pending:
 
     request: GenerateRequest
     block_hashes: tuple[BlockHash, ...]  # empty when prefix caching is off
+    grammar: object = None  # its constraint's matcher (constraints.GrammarState), compiled
 
     @property
     def request_id(self) -> str:
@@ -35,6 +37,7 @@ class Sequence:
     reused: int = 0  # prompt tokens whose K/V came from the prefix cache, not computed
     output: list[int] = dataclasses.field(default_factory=list)
     inputs: object = None  # the model runner's copy of the prompt on its device
+    grammar: object = None  # its constraint's matcher, kept across preemptions (opaque here)
 
     @property
     def request_id(self) -> str:

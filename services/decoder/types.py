@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0  # |bias| is clamped to this, as OpenAI and vLLM do
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logprobs: bool = False
     top_logprobs: int = 0
+    min_p: float = 0.0  # 0 = disabled
+    repetition_penalty: float = 1.0  # 1 = disabled
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), ids in increasing order
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -43,6 +47,15 @@ class SamplingParams:
             raise InvalidInput("presence and frequency penalties must be in [-2, 2]")
         if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidInput(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
+        if not 0 <= self.min_p <= 1:
+            raise InvalidInput("min_p must be in [0, 1]")
+        if not 0 < self.repetition_penalty <= 2:
+            raise InvalidInput("repetition_penalty must be in (0, 2]")
+        limit = MAX_LOGIT_BIAS
+        bias = {int(t): max(-limit, min(limit, float(b))) for t, b in self.logit_bias}
+        if any(t < 0 for t in bias):
+            raise InvalidInput("logit_bias token ids must be >= 0")
+        object.__setattr__(self, "logit_bias", tuple(sorted(bias.items())))
 
     @property
     def greedy(self) -> bool:
@@ -58,6 +71,9 @@ class SamplingParams:
             frequency_penalty=self.frequency_penalty,
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias=dict(self.logit_bias),
         )
 
     @classmethod
@@ -71,6 +87,54 @@ class SamplingParams:
             frequency_penalty=pb.frequency_penalty,
             logprobs=pb.logprobs,
             top_logprobs=pb.top_logprobs,
+            min_p=pb.min_p,
+            repetition_penalty=pb.repetition_penalty or 1.0,
+            logit_bias=tuple(pb.logit_bias.items()),
+        )
+
+
+class ConstraintKind(enum.Enum):
+    JSON_SCHEMA = "json_schema"  # spec: the schema as JSON text
+    REGEX = "regex"
+    LARK = "lark"  # llguidance's lark dialect
+    JSON_OBJECT = "json_object"  # spec unused: any JSON object
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """The grammar a request's output must follow (compiled by services.decoder.constraints).
+    With ``start_after_token_id`` the output is free until that token (e.g. ``</think>``)."""
+
+    kind: ConstraintKind
+    spec: str = ""
+    start_after_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is not ConstraintKind.JSON_OBJECT and not self.spec:
+            raise InvalidInput(f"a {self.kind.value} constraint needs its {self.kind.value}")
+        if self.start_after_token_id is not None and self.start_after_token_id < 0:
+            raise InvalidInput("start_after_token_id must be >= 0")
+
+    def to_pb(self) -> decoder_pb2.Constraint:
+        pb = decoder_pb2.Constraint(start_after_token_id=self.start_after_token_id)
+        if self.kind is ConstraintKind.JSON_OBJECT:
+            pb.json_object = True
+        else:
+            setattr(pb, self.kind.value, self.spec)
+        return pb
+
+    @classmethod
+    def from_pb(cls, pb: decoder_pb2.Constraint) -> Constraint:
+        which = pb.WhichOneof("spec")
+        if which is None:
+            raise InvalidInput("a constraint needs one of json_schema, regex, lark, json_object")
+        kind = ConstraintKind(which)
+        return cls(
+            kind=kind,
+            spec="" if kind is ConstraintKind.JSON_OBJECT else getattr(pb, which),
+            start_after_token_id=(
+                pb.start_after_token_id if pb.HasField("start_after_token_id") else None
+            ),
         )
 
 
@@ -138,6 +202,7 @@ class GenerateRequest:
     stopping: StoppingParams = StoppingParams()
     segments: tuple[MultimodalSegment, ...] = ()
     positions: PositionIds | None = None  # None: 0..n-1 on every axis
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         if not self.input_ids:
@@ -163,6 +228,7 @@ class GenerateRequest:
             positions=self.positions.to_pb() if self.positions else None,
             sampling=self.sampling.to_pb(),
             stopping=self.stopping.to_pb(),
+            constraint=self.constraint.to_pb() if self.constraint else None,
         )
 
     @classmethod
@@ -174,6 +240,7 @@ class GenerateRequest:
             stopping=StoppingParams.from_pb(pb.stopping),
             segments=tuple(MultimodalSegment.from_pb(s) for s in pb.segments),
             positions=PositionIds.from_pb(pb.positions) if pb.HasField("positions") else None,
+            constraint=(Constraint.from_pb(pb.constraint) if pb.HasField("constraint") else None),
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from services.decoder.constraints import ConstraintCompiler
 from services.decoder.engine import Engine, EngineLimits
 from services.decoder.kv_cache import KVCache
 from services.decoder.model import Glm4ForCausalLM
@@ -23,6 +24,7 @@ def make_engine(
     block_size: int = 8,
     eos: tuple[int, ...] = EOS,
     prefix_caching: bool = True,  # the service's default
+    constraints: ConstraintCompiler | None = None,
 ) -> Engine:
     config = model.config
     cache = KVCache(
@@ -31,7 +33,7 @@ def make_engine(
         dtype=model.dtype, device=model.device, prefix_caching=prefix_caching,
     )  # fmt: skip
     limits = EngineLimits(max_running, max_model_len, chunk, max_waiting)
-    return Engine(model, cache, limits, eos_token_ids=eos)
+    return Engine(model, cache, limits, eos_token_ids=eos, constraints=constraints)
 
 
 def request(

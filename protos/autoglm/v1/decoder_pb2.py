@@ -25,35 +25,41 @@ _sym_db = _symbol_database.Default()
 from autoglm.v1 import tensor_pb2 as autoglm_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61utoglm/v1/decoder.proto\x12\nautoglm.v1\x1a\x17\x61utoglm/v1/tensor.proto\"K\n\x11MultimodalSegment\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12&\n\nembeddings\x18\x02 \x01(\x0b\x32\x12.autoglm.v1.Tensor\"+\n\x0bPositionIds\x12\x0c\n\x04\x61xes\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x05\"\xbc\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x05 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x06 \x01(\x02\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x08 \x01(\rB\x07\n\x05_seed\"P\n\x0eStoppingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x02 \x03(\x05\x12\x12\n\nignore_eos\x18\x03 \x01(\x08\"\x85\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tinput_ids\x18\x02 \x03(\x05\x12/\n\x08segments\x18\x03 \x03(\x0b\x32\x1d.autoglm.v1.MultimodalSegment\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.autoglm.v1.SamplingParams\x12,\n\x08stopping\x18\x06 \x01(\x0b\x32\x1a.autoglm.v1.StoppingParams\x12*\n\tpositions\x18\x07 \x01(\x0b\x32\x17.autoglm.v1.PositionIdsJ\x04\x08\x04\x10\x05R\x0cposition_ids\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"_\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12,\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x16.autoglm.v1.TopLogprob\"\xcb\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12*\n\x08logprobs\x18\x02 \x03(\x0b\x32\x18.autoglm.v1.TokenLogprob\x12/\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x18.autoglm.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\r\x12\x15\n\rcached_tokens\x18\x06 \x01(\r\"\x14\n\x12\x44\x65\x63oderInfoRequest\"\xfc\x02\n\x0b\x44\x65\x63oderInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x13\n\x0bhidden_size\x18\x06 \x01(\r\x12\x15\n\rmax_model_len\x18\x07 \x01(\r\x12\x1c\n\x14max_running_requests\x18\x08 \x01(\r\x12\x1a\n\x12total_cache_tokens\x18\t \x01(\r\x12\x19\n\x11\x66ree_cache_tokens\x18\n \x01(\r\x12\x18\n\x10running_requests\x18\x0b \x01(\r\x12\x18\n\x10waiting_requests\x18\x0c \x01(\r\x12\x15\n\reos_token_ids\x18\r \x03(\x05\x12\x16\n\x0eprefix_caching\x18\x0e \x01(\x08\x12\x1c\n\x14\x63\x61\x63hed_prefix_tokens\x18\x0f \x01(\r\x12\x13\n\x0bpreemptions\x18\x10 \x01(\x04*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x93\x01\n\x07\x44\x65\x63oder\x12G\n\x08Generate\x12\x1b.autoglm.v1.GenerateRequest\x1a\x1c.autoglm.v1.GenerateResponse0\x01\x12?\n\x04Info\x12\x1e.autoglm.v1.DecoderInfoRequest\x1a\x17.autoglm.v1.DecoderInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61utoglm/v1/decoder.proto\x12\nautoglm.v1\x1a\x17\x61utoglm/v1/tensor.proto\"K\n\x11MultimodalSegment\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12&\n\nembeddings\x18\x02 \x01(\x0b\x32\x12.autoglm.v1.Tensor\"+\n\x0bPositionIds\x12\x0c\n\x04\x61xes\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x05\"\xd8\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x05 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x06 \x01(\x02\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x08 \x01(\r\x12\r\n\x05min_p\x18\t \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\n \x01(\x02\x12=\n\nlogit_bias\x18\x0b \x03(\x0b\x32).autoglm.v1.SamplingParams.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x07\n\x05_seed\"\x9f\x01\n\nConstraint\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x02 \x01(\tH\x00\x12\x0e\n\x04lark\x18\x03 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x04 \x01(\x08H\x00\x12!\n\x14start_after_token_id\x18\x05 \x01(\x05H\x01\x88\x01\x01\x42\x06\n\x04specB\x17\n\x15_start_after_token_id\"P\n\x0eStoppingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x02 \x03(\x05\x12\x12\n\nignore_eos\x18\x03 \x01(\x08\"\xb1\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tinput_ids\x18\x02 \x03(\x05\x12/\n\x08segments\x18\x03 \x03(\x0b\x32\x1d.autoglm.v1.MultimodalSegment\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.autoglm.v1.SamplingParams\x12,\n\x08stopping\x18\x06 \x01(\x0b\x32\x1a.autoglm.v1.StoppingParams\x12*\n\tpositions\x18\x07 \x01(\x0b\x32\x17.autoglm.v1.PositionIds\x12*\n\nconstraint\x18\x08 \x01(\x0b\x32\x16.autoglm.v1.ConstraintJ\x04\x08\x04\x10\x05R\x0cposition_ids\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"_\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12,\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x16.autoglm.v1.TopLogprob\"\xcb\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12*\n\x08logprobs\x18\x02 \x03(\x0b\x32\x18.autoglm.v1.TokenLogprob\x12/\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x18.autoglm.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\r\x12\x15\n\rcached_tokens\x18\x06 \x01(\r\"\x14\n\x12\x44\x65\x63oderInfoRequest\"\xfc\x02\n\x0b\x44\x65\x63oderInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x13\n\x0bhidden_size\x18\x06 \x01(\r\x12\x15\n\rmax_model_len\x18\x07 \x01(\r\x12\x1c\n\x14max_running_requests\x18\x08 \x01(\r\x12\x1a\n\x12total_cache_tokens\x18\t \x01(\r\x12\x19\n\x11\x66ree_cache_tokens\x18\n \x01(\r\x12\x18\n\x10running_requests\x18\x0b \x01(\r\x12\x18\n\x10waiting_requests\x18\x0c \x01(\r\x12\x15\n\reos_token_ids\x18\r \x03(\x05\x12\x16\n\x0eprefix_caching\x18\x0e \x01(\x08\x12\x1c\n\x14\x63\x61\x63hed_prefix_tokens\x18\x0f \x01(\r\x12\x13\n\x0bpreemptions\x18\x10 \x01(\x04*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x93\x01\n\x07\x44\x65\x63oder\x12G\n\x08Generate\x12\x1b.autoglm.v1.GenerateRequest\x1a\x1c.autoglm.v1.GenerateResponse0\x01\x12?\n\x04Info\x12\x1e.autoglm.v1.DecoderInfoRequest\x1a\x17.autoglm.v1.DecoderInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'autoglm.v1.decoder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1481
-  _globals['_FINISHREASON']._serialized_end=1576
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_FINISHREASON']._serialized_start=1843
+  _globals['_FINISHREASON']._serialized_end=1938
   _globals['_MULTIMODALSEGMENT']._serialized_start=65
   _globals['_MULTIMODALSEGMENT']._serialized_end=140
   _globals['_POSITIONIDS']._serialized_start=142
   _globals['_POSITIONIDS']._serialized_end=185
   _globals['_SAMPLINGPARAMS']._serialized_start=188
-  _globals['_SAMPLINGPARAMS']._serialized_end=376
-  _globals['_STOPPINGPARAMS']._serialized_start=378
-  _globals['_STOPPINGPARAMS']._serialized_end=458
-  _globals['_GENERATEREQUEST']._serialized_start=461
-  _globals['_GENERATEREQUEST']._serialized_end=722
-  _globals['_TOPLOGPROB']._serialized_start=724
-  _globals['_TOPLOGPROB']._serialized_end=771
-  _globals['_TOKENLOGPROB']._serialized_start=773
-  _globals['_TOKENLOGPROB']._serialized_end=868
-  _globals['_GENERATERESPONSE']._serialized_start=871
-  _globals['_GENERATERESPONSE']._serialized_end=1074
-  _globals['_DECODERINFOREQUEST']._serialized_start=1076
-  _globals['_DECODERINFOREQUEST']._serialized_end=1096
-  _globals['_DECODERINFO']._serialized_start=1099
-  _globals['_DECODERINFO']._serialized_end=1479
-  _globals['_DECODER']._serialized_start=1579
-  _globals['_DECODER']._serialized_end=1726
+  _globals['_SAMPLINGPARAMS']._serialized_end=532
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=475
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=523
+  _globals['_CONSTRAINT']._serialized_start=535
+  _globals['_CONSTRAINT']._serialized_end=694
+  _globals['_STOPPINGPARAMS']._serialized_start=696
+  _globals['_STOPPINGPARAMS']._serialized_end=776
+  _globals['_GENERATEREQUEST']._serialized_start=779
+  _globals['_GENERATEREQUEST']._serialized_end=1084
+  _globals['_TOPLOGPROB']._serialized_start=1086
+  _globals['_TOPLOGPROB']._serialized_end=1133
+  _globals['_TOKENLOGPROB']._serialized_start=1135
+  _globals['_TOKENLOGPROB']._serialized_end=1230
+  _globals['_GENERATERESPONSE']._serialized_start=1233
+  _globals['_GENERATERESPONSE']._serialized_end=1436
+  _globals['_DECODERINFOREQUEST']._serialized_start=1438
+  _globals['_DECODERINFOREQUEST']._serialized_end=1458
+  _globals['_DECODERINFO']._serialized_start=1461
+  _globals['_DECODERINFO']._serialized_end=1841
+  _globals['_DECODER']._serialized_start=1941
+  _globals['_DECODER']._serialized_end=2088
 # @@protoc_insertion_point(module_scope)
