@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+from typing import TYPE_CHECKING
 
 import llguidance
 import torch
@@ -24,10 +25,13 @@ import torch
 from services.common.errors import InvalidInput
 from services.decoder.types import Constraint, ConstraintKind
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
 CACHED_GRAMMARS = 256
 # Compact JSON, no whitespace between tokens: a model cannot stall in endless whitespace (random
 # weights would, well inside max_tokens).
-JSON_OPTIONS: llguidance.JsonCompileOptions = {"whitespace_flexible": False}
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 _BITS = 32  # llguidance masks: one bit per token, in int32 words
 
 

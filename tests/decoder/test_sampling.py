@@ -1,12 +1,21 @@
-"""Batched sampling: seeds, top-k/top-p, penalties, logprobs."""
+"""Batched sampling: seeds, top-k/top-p, min-p, penalties, logit bias, logprobs."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from services.decoder.sampling import Sampler, apply_penalties, mask_top_k_top_p
+from autoglm.v1 import decoder_pb2
+from services.common.errors import InvalidInput
+from services.decoder.sampling import (
+    Sampler,
+    apply_penalties,
+    apply_repetition_penalty,
+    mask_min_p,
+    mask_top_k_top_p,
+)
 from services.decoder.types import SamplingParams
 
 CPU = torch.device("cpu")
@@ -109,3 +118,74 @@ def test_logprobs_are_the_models_log_softmax_with_the_top_alternatives() -> None
     third = logprobs[2]
     assert third is not None and third.top_logprobs == ()
     assert math.isclose(third.logprob, reference[2, token_ids[2]].item(), abs_tol=1e-6)
+
+
+def test_a_plus_100_logit_bias_selects_its_token_every_step() -> None:
+    sampler = Sampler(2, VOCAB, CPU)
+    sampler.assign(0, SamplingParams(temperature=1.0, logit_bias=((17, 100.0),)))
+    sampler.assign(1, SamplingParams(logit_bias=((3, 250.0),)))  # clamped to 100, still wins
+    for step in range(30):
+        assert sampler.sample(logits_for(2, seed=step) * 5, [0, 1])[0] == [17, 3]
+
+
+def test_logit_bias_is_clamped_and_round_trips() -> None:
+    params = SamplingParams(logit_bias=((9, 300.0), (2, -1e9)), min_p=0.25, repetition_penalty=1.5)
+    assert params.logit_bias == ((2, -100.0), (9, 100.0))
+    assert SamplingParams.from_pb(params.to_pb()) == params
+    assert SamplingParams.from_pb(decoder_pb2.SamplingParams()).repetition_penalty == 1.0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"min_p": -0.1}, {"min_p": 1.5}, {"repetition_penalty": 0.0}, {"repetition_penalty": 2.5},
+     {"logit_bias": ((-1, 1.0),)}],
+)  # fmt: skip
+def test_out_of_bounds_parameters_are_invalid_input(fields: dict) -> None:
+    with pytest.raises(InvalidInput):
+        SamplingParams(**fields)
+
+
+def reference_min_p(logits: list[float], min_p: float) -> set[int]:
+    probs = [math.exp(x) for x in logits]
+    top = max(probs)
+    return {i for i, p in enumerate(probs) if p >= min_p * top}
+
+
+def test_min_p_keeps_the_tokens_at_least_min_p_times_as_likely_as_the_top_one() -> None:
+    logits = logits_for(3, seed=7) * 2
+    min_p = torch.tensor([0.0, 0.1, 0.5])
+    kept = torch.isfinite(mask_min_p(logits, min_p))
+    for row in range(3):
+        expected = reference_min_p(logits[row].tolist(), float(min_p[row]))
+        assert set(kept[row].nonzero().flatten().tolist()) == expected
+    sampler = Sampler(1, VOCAB, CPU)
+    sampler.assign(0, SamplingParams(temperature=1.0, min_p=0.3, seed=3))
+    flat = logits_for(1, seed=8)
+    drawn = {sampler.sample(flat, [0])[0][0] for _ in range(200)}
+    assert drawn <= reference_min_p(flat[0].tolist(), 0.3) and len(drawn) > 1
+
+
+def reference_repetition(logits: list[float], seen: set[int], penalty: float) -> list[float]:
+    return [
+        (x / penalty if x > 0 else x * penalty) if i in seen else x for i, x in enumerate(logits)
+    ]
+
+
+def test_repetition_penalty_is_vllms_over_prompt_and_output_tokens() -> None:
+    logits = logits_for(1, seed=11)
+    seen = torch.zeros(1, VOCAB, dtype=torch.bool)
+    seen[0, [1, 5, 8, 20]] = True
+    expected = reference_repetition(logits[0].tolist(), {1, 5, 8, 20}, 1.5)
+    got = apply_repetition_penalty(logits, seen, torch.tensor([1.5]))[0].tolist()
+    assert got == pytest.approx(expected)
+
+    # in the sampler: the prompt's tokens and each generated one, step after step
+    prompt, penalty = (4, 9), 1.8
+    sampler = Sampler(1, VOCAB, CPU)
+    sampler.assign(0, SamplingParams(repetition_penalty=penalty), prompt)
+    seen_ids, fixed = set(prompt), logits_for(1, seed=12)
+    for _ in range(10):
+        penalized = reference_repetition(fixed[0].tolist(), seen_ids, penalty)
+        token = sampler.sample(fixed, [0])[0][0]
+        assert token == max(range(VOCAB), key=penalized.__getitem__)
+        seen_ids.add(token)
