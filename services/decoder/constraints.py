@@ -23,7 +23,7 @@ import llguidance
 import torch
 
 from services.common.errors import InvalidInput
-from services.decoder.types import Constraint, ConstraintKind
+from services.decoder.constraint_spec import Constraint, ConstraintKind
 
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions

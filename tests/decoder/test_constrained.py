@@ -6,6 +6,7 @@ default bundle's tokenizer (its vocabulary is what constraints compile against).
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -19,16 +20,12 @@ from transformers import Glm4ForCausalLM as HfGlm4
 
 from bundle.build import TOKENIZER_FILE
 from services.common.errors import InvalidInput
+from services.decoder.constraint_spec import Constraint, ConstraintKind
 from services.decoder.constraints import ConstraintCompiler
 from services.decoder.engine import Engine
+from services.decoder.grammars import phone_action_grammar
 from services.decoder.model import Glm4ForCausalLM
-from services.decoder.types import (
-    Constraint,
-    ConstraintKind,
-    GenerateRequest,
-    SamplingParams,
-    StoppingParams,
-)
+from services.decoder.types import GenerateRequest, SamplingParams, StoppingParams
 from tests.decoder.conftest import TINY
 from tests.decoder.engines import make_engine, run_all, tokens
 
@@ -137,6 +134,27 @@ def test_a_lark_grammar(engine: Engine) -> None:
     outs = generate(engine, *(request(f"l{seed}", constraint, seed=seed) for seed in range(4)))
     for ids in outs.values():
         assert re.fullmatch(r"move\((up|down), [1-9][0-9]?\)", finished_by_grammar(ids))
+
+
+def test_the_phone_action_grammar_gives_steps_the_agent_parses(engine: Engine) -> None:
+    """What Open-AutoGLM's parse_action does with a step: a do() call's keywords read by
+    ast.literal_eval, or finish(message="...")."""
+    constraint = Constraint(ConstraintKind.LARK, phone_action_grammar(max_text_chars=10))
+    outs = generate(engine, *(request(f"a{seed}", constraint, seed=seed) for seed in range(8)))
+    steps = [finished_by_grammar(ids) for ids in outs.values()]
+    for step in steps:
+        call = ast.parse(step, mode="eval").body
+        assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+        args = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        if call.func.id == "finish":
+            assert list(args) == ["message"] and step == f'finish(message="{args["message"]}")'
+            continue
+        assert call.func.id == "do" and isinstance(args.pop("action"), str)
+        for name in ("element", "start", "end"):
+            point = args.pop(name, [0, 0])
+            assert len(point) == 2 and all(0 <= v <= 999 for v in point)
+        assert all(isinstance(v, str) for v in args.values())
+    assert len(set(steps)) > 1
 
 
 def test_with_thinking_the_constraint_starts_after_end_think(engine: Engine) -> None:

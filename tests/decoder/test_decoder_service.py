@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import jsonschema
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tokenizers import Tokenizer
 
 from autoglm.v1 import decoder_pb2, decoder_pb2_grpc, tensor_pb2
 from services.common.health import DECODER_SERVICE
@@ -121,3 +124,62 @@ async def test_health_names_the_service_and_reflection_lists_it(decoder: Service
         )
         names = [s.name async for reply in replies for s in reply.list_services_response.service]
     assert DECODER_SERVICE in names
+
+
+# -- constraints and the sampling fields through the real process --------------------------
+# The grammar travels in the gRPC request and compiles against the bundle's tokenizer; a bad
+# one is INVALID_ARGUMENT (a 400 at the gateway) while the service keeps serving.
+
+CONSTRAINED_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "x": {"type": "integer", "minimum": 0, "maximum": 999},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["x", "ok"],
+    "additionalProperties": False,
+}
+
+
+def sampled_request(seed: int, **fields) -> decoder_pb2.GenerateRequest:
+    return decoder_pb2.GenerateRequest(
+        input_ids=[20 + seed, 30, 40, 50],
+        sampling=decoder_pb2.SamplingParams(temperature=1.0, seed=seed),
+        stopping=decoder_pb2.StoppingParams(max_tokens=64),
+        **fields,
+    )
+
+
+async def generate(target: str, pb: decoder_pb2.GenerateRequest) -> list[int]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = decoder_pb2_grpc.DecoderStub(channel)
+        return [t async for r in stub.Generate(pb) for t in r.token_ids]
+
+
+async def test_a_json_schema_constraint_over_grpc(
+    decoder: ServiceProcess, bundle_dir: Path
+) -> None:
+    tokenizer = Tokenizer.from_file(str(bundle_dir / "decoder" / "tokenizer.json"))
+    constraint = decoder_pb2.Constraint(json_schema=json.dumps(CONSTRAINED_SCHEMA))
+    for seed in range(3):
+        ids = await generate(decoder.target, sampled_request(seed, constraint=constraint))
+        jsonschema.validate(
+            json.loads(tokenizer.decode(ids, skip_special_tokens=True)), CONSTRAINED_SCHEMA
+        )
+
+
+async def test_a_bad_schema_is_invalid_argument(decoder: ServiceProcess) -> None:
+    bad = decoder_pb2.Constraint(json_schema='{"type": "nonsense"}')
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await generate(decoder.target, sampled_request(0, constraint=bad))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "invalid json_schema constraint" in (raised.value.details() or "")
+    assert len(await generate(decoder.target, sampled_request(1))) > 0  # still serving
+
+
+async def test_logit_bias_over_grpc(decoder: ServiceProcess) -> None:
+    biased = sampled_request(2)
+    biased.stopping.ignore_eos = True
+    biased.stopping.max_tokens = 8
+    biased.sampling.logit_bias[321] = 100.0
+    assert await generate(decoder.target, biased) == [321] * 8
