@@ -40,6 +40,14 @@ from gateway.pipeline import ChoiceEvent, Job, Pipeline
 from gateway.positions import image_layout
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.responses import ChatCompletion, Completion, ModelCard, ModelList
+from gateway.tokenize import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeResponse,
+    detokenize,
+    parse_tokenize_request,
+    tokenize,
+)
 from services.common.device import resolve_device
 from services.common.grpc_server import configure_logging
 from services.common.health import AUDIO_SERVICE, DECODER_SERVICE, VISION_SERVICE
@@ -235,6 +243,32 @@ async def get_model(model_id: str, request: Request) -> ModelCard:
     return await gateway.model_card()
 
 
+tokenizer_router = APIRouter(responses=ERROR_RESPONSES)
+
+
+@tokenizer_router.post(
+    "/tokenize",
+    response_model=TokenizeResponse,
+    summary="Token ids of chat messages (as a chat completion's prompt) or of a raw prompt",
+)
+async def tokenize_route(raw: dict[str, Any], request: Request) -> TokenizeResponse:
+    """The body is {"prompt": ...} or {"messages": [...]} (chat completions' prompt fields)."""
+    gateway = _gateway(request)
+    body = parse_tokenize_request(raw)
+    if body.model is not None:
+        gateway.check_model(body.model)
+    check_input_size(body, gateway.config)
+    return await tokenize(gateway.pipeline, body, _request_id(request))
+
+
+@tokenizer_router.post("/detokenize", response_model=DetokenizeResponse, summary="Ids to text")
+async def detokenize_route(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+    gateway = _gateway(request)
+    if body.model is not None:
+        gateway.check_model(body.model)
+    return detokenize(gateway.pipeline.tokenizer, body)
+
+
 async def health(request: Request) -> JSONResponse:
     """200 when every service the bundle needs reports SERVING under its name, else 503."""
     gateway = _gateway(request)
@@ -266,6 +300,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(tokenizer_router)
     app.add_api_route(
         "/health",
         health,

@@ -2,8 +2,9 @@
 
 A raw ASGI middleware, outermost, so an unauthenticated client gets its 401 whatever it sends:
 a body is neither received nor parsed for it (a malformed body without a key is a 401, not a
-400). ``/v1/*`` needs the API key, ``/metrics`` the metrics key; an empty key leaves its paths
-open. ``/health`` and the OpenAPI document are always open (probes and discovery).
+400). ``/v1/*``, ``/tokenize`` and ``/detokenize`` need the API key, ``/metrics`` the metrics
+key; an empty key leaves its paths open. ``/health`` and the OpenAPI document are always
+open (probes and discovery).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import secrets
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import AuthenticationFailed, map_exception
+
+TOKENIZER_PATHS = frozenset({"/tokenize", "/detokenize"})  # vLLM serves them outside /v1
 
 
 def bearer_matches(authorization: bytes, key: str) -> bool:
@@ -27,7 +30,7 @@ class ApiKeys:
         self.metrics_api_key = metrics_api_key
 
     def key_for(self, path: str) -> str:
-        if path == "/v1" or path.startswith("/v1/"):
+        if path == "/v1" or path.startswith("/v1/") or path in TOKENIZER_PATHS:
             return self.api_key
         if path == "/metrics":
             return self.metrics_api_key

@@ -5,6 +5,7 @@ chat template and the tokenizer to process (messages, text, tools)."""
 from __future__ import annotations
 
 import json
+from typing import Protocol
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,8 +14,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import ApiError, BodyTooLarge, UnsupportedEncoding, map_exception
 from gateway.protocol import (
     AssistantMessage,
-    ChatCompletionRequest,
-    CompletionRequest,
+    ChatInput,
     RefusalPart,
     TextPart,
 )
@@ -60,6 +60,11 @@ class BodySizeLimit:
         await self.app(scope, limited, send)
 
 
+class PromptInput(Protocol):
+    @property
+    def prompt_text(self) -> str: ...
+
+
 def _too_large(what: str, size: int, limit: int, param: str) -> ApiError:
     return ApiError(f"{size} {what} exceed the limit of {limit}", param=param)
 
@@ -75,12 +80,10 @@ def _text_chars(content: object) -> int:
     )
 
 
-def check_input_size(
-    body: ChatCompletionRequest | CompletionRequest, config: GatewayConfig
-) -> None:
+def check_input_size(body: ChatInput | PromptInput, config: GatewayConfig) -> None:
     """A 400 naming the limit when the request's text, messages or tools are over the
     configured bounds, so rendering and tokenizing (off the event loop) stay bounded too."""
-    if isinstance(body, CompletionRequest):
+    if not isinstance(body, ChatInput):
         chars = len(body.prompt_text)
         if chars > config.max_text_chars:
             raise _too_large("prompt characters", chars, config.max_text_chars, "prompt")

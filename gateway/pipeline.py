@@ -20,16 +20,18 @@ from typing import Any
 
 import anyio
 import grpc
+import torch
 
 from gateway.chat import ChatPrompter, Prompt
 from gateway.clients import Deadline, ServiceClients
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, ContextLengthExceeded
 from gateway.fusion import FusionStage
-from gateway.media import MediaLoader
-from gateway.positions import ImageLayout
+from gateway.media import Media, MediaLoader
+from gateway.positions import Grid, ImageLayout
 from gateway.protocol import (
     ChatCompletionRequest,
+    ChatInput,
     CompletionRequest,
     GenerationParams,
     ImagePart,
@@ -126,6 +128,10 @@ class Job:
         raise RuntimeError("the decoder's stream ended without a finish reason")
 
 
+def _rows(media: Sequence[Media], embeddings: Sequence[torch.Tensor]) -> list[tuple[str, int]]:
+    return [(m.kind, int(e.shape[0])) for m, e in zip(media, embeddings, strict=True)]
+
+
 class Pipeline:
     def __init__(
         self,
@@ -157,11 +163,14 @@ class Pipeline:
                     param="messages",
                 )
 
-    async def prepare_chat(self, body: ChatCompletionRequest, request_id: str) -> Job:
+    async def _load(self, body: ChatInput) -> list[Media]:
         self._check_modalities(body.media_parts())
-        deadline = Deadline(self.config.request_timeout_s)
-        media = await self.media.load(body.media_parts())
-        grids = self.layout.grids(media) if self.layout else []
+        return await self.media.load(body.media_parts())
+
+    async def _embed(
+        self, media: list[Media], grids: list[Grid], request_id: str, deadline: Deadline
+    ) -> list[torch.Tensor]:
+        """Each item's embeddings in request order: the encoders concurrently, then fusion."""
         encoded = await self.clients.encode(media, request_id, deadline)
         vision = [e for m, e in zip(media, encoded, strict=True) if m.kind == "image"]
         audio = [e for m, e in zip(media, encoded, strict=True) if m.kind == "audio"]
@@ -172,20 +181,41 @@ class Pipeline:
         )
         fused = iter(fused_vision), iter(fused_audio)
         # back to request order: fusion returns all images, then all clips
-        embeddings = [next(fused[0] if m.kind == "image" else fused[1]) for m in media]
-        template_kwargs = dict(body.chat_template_kwargs or {})
-        # rendering and tokenizing are CPU work on bounded inputs (limits.check_input_size)
-        prompt = await anyio.to_thread.run_sync(
+        return [next(fused[0] if m.kind == "image" else fused[1]) for m in media]
+
+    async def _render(self, body: ChatInput, media_rows: list[tuple[str, int]]) -> Prompt:
+        """The chat template over the messages, each media item ``rows`` tokens wide;
+        rendering and tokenizing are CPU work on bounded inputs (limits.check_input_size)."""
+        return await anyio.to_thread.run_sync(
             functools.partial(
                 self.prompter.render,
                 body.messages,
-                [(m.kind, int(e.shape[0])) for m, e in zip(media, embeddings, strict=True)],
+                media_rows,
                 enable_thinking=body.thinking,
                 add_generation_prompt=body.add_generation_prompt,
                 tools=body.tools,
-                template_kwargs=template_kwargs,
+                template_kwargs=dict(body.chat_template_kwargs or {}),
             )
         )
+
+    async def chat_prompt(self, body: ChatInput, request_id: str) -> Prompt:
+        """The prompt a chat request with these messages gets (/tokenize). GLM-4.1V images are
+        counted from their headers without encoding; other bundles' media by their encoders."""
+        media = await self._load(body)
+        if self.layout:  # a GLM-4.1V bundle takes images only
+            return await self._render(
+                body, [("image", self.layout.tokens(grid)) for grid in self.layout.grids(media)]
+            )
+        deadline = Deadline(self.config.request_timeout_s)
+        embeddings = await self._embed(media, [], request_id, deadline)
+        return await self._render(body, _rows(media, embeddings))
+
+    async def prepare_chat(self, body: ChatCompletionRequest, request_id: str) -> Job:
+        deadline = Deadline(self.config.request_timeout_s)
+        media = await self._load(body)
+        grids = self.layout.grids(media) if self.layout else []
+        embeddings = await self._embed(media, grids, request_id, deadline)
+        prompt = await self._render(body, _rows(media, embeddings))
         segments = tuple(
             MultimodalSegment(p.offset, e)
             for p, e in zip(prompt.placeholders, embeddings, strict=True)
@@ -216,7 +246,7 @@ class Pipeline:
         parser = {"split_reasoning": False}
         return await self._job("cmpl", body, request_id, deadline, prompt, (), parser)
 
-    async def _max_model_len(self, request_id: str) -> int | None:
+    async def max_model_len(self, request_id: str) -> int | None:
         """The decoder's context length, asked once; None while it does not answer (the
         decoder then still caps each completion at the context it has left)."""
         if self._context_length is None:
@@ -231,7 +261,7 @@ class Pipeline:
         """An explicit max_tokens that cannot fit is a 400, as OpenAI and vLLM answer it;
         the server's default max_tokens is only ever capped."""
         requested = body.requested_max_tokens()
-        limit = await self._max_model_len(request_id) if requested else None
+        limit = await self.max_model_len(request_id) if requested else None
         if requested and limit and prompt_tokens + requested > limit:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens. However, you "

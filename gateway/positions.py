@@ -86,6 +86,11 @@ class ImageLayout:
                 width, height = height, width
         return self.grid_of(height, width)
 
+    def tokens(self, grid: Grid) -> int:
+        """An image's token count: its patches after the merge."""
+        t, h, w = grid
+        return t * (h // self.merge_size) * (w // self.merge_size)
+
     def grids(self, media: Sequence[Media]) -> list[Grid]:
         """Every image's grid, in request order."""
         return [self.grid(m.data) for m in media if m.kind == "image"]

@@ -247,16 +247,12 @@ class GenerationParams(Request):
         )
 
 
-class ChatCompletionRequest(GenerationParams, ChatUnhonoured):
+class ChatInput(Request):
+    """What makes a chat prompt: the messages, tools and template switches (shared by chat
+    completions and /tokenize, so both render the same prompt)."""
+
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_PARTS)] | None = None
-    tool_choice: ToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
-    metadata: dict[str, str] | None = Field(None, description="accepted, not stored")
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description=f"only {', '.join(TEMPLATE_KWARGS)}; any other key is refused"
     )
@@ -266,12 +262,6 @@ class ChatCompletionRequest(GenerationParams, ChatUnhonoured):
     add_generation_prompt: bool = True
     enable_thinking: bool | None = Field(
         None, description="thinking mode of the chat template (also chat_template_kwargs)"
-    )
-    return_reasoning: bool = Field(
-        False, description="send the <think> text as reasoning_content and reasoning"
-    )
-    keep_reasoning_inline: bool | None = Field(
-        None, description="keep <think>...</think> inline in content (server default if unset)"
     )
 
     @field_validator("chat_template_kwargs")
@@ -291,6 +281,39 @@ class ChatCompletionRequest(GenerationParams, ChatUnhonoured):
     def _no_request_template(cls, template: str | None) -> None:
         if template is not None:
             raise ValueError("a request may not set the chat template; the model's own is used")
+
+    @property
+    def thinking(self) -> bool:
+        """Top-level enable_thinking wins over chat_template_kwargs; off unless asked."""
+        if self.enable_thinking is not None:
+            return self.enable_thinking
+        return bool((self.chat_template_kwargs or {}).get("enable_thinking", False))
+
+    def media_parts(self) -> list[MediaPart]:
+        """Every image and audio part, in prompt order (the order the template renders them)."""
+        return [
+            part
+            for message in self.messages
+            if isinstance(message, UserMessage) and isinstance(message.content, list)
+            for part in message.content
+            if not isinstance(part, TextPart)
+        ]
+
+
+class ChatCompletionRequest(GenerationParams, ChatInput, ChatUnhonoured):
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    metadata: dict[str, str] | None = Field(None, description="accepted, not stored")
+    return_reasoning: bool = Field(
+        False, description="send the <think> text as reasoning_content and reasoning"
+    )
+    keep_reasoning_inline: bool | None = Field(
+        None, description="keep <think>...</think> inline in content (server default if unset)"
+    )
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
@@ -312,28 +335,11 @@ class ChatCompletionRequest(GenerationParams, ChatUnhonoured):
             raise ValueError("not supported by this server: forced tool calls")
         return value
 
-    @property
-    def thinking(self) -> bool:
-        """Top-level enable_thinking wins over chat_template_kwargs; off unless asked."""
-        if self.enable_thinking is not None:
-            return self.enable_thinking
-        return bool((self.chat_template_kwargs or {}).get("enable_thinking", False))
-
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
     def wants_logprobs(self) -> tuple[bool, int]:
         return self.logprobs, self.top_logprobs or 0
-
-    def media_parts(self) -> list[MediaPart]:
-        """Every image and audio part, in prompt order (the order the template renders them)."""
-        return [
-            part
-            for message in self.messages
-            if isinstance(message, UserMessage) and isinstance(message.content, list)
-            for part in message.content
-            if not isinstance(part, TextPart)
-        ]
 
 
 class CompletionRequest(GenerationParams, CompletionUnhonoured):

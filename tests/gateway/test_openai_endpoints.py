@@ -7,6 +7,7 @@ import openai
 import pytest
 from openai.types import Completion
 
+from testkit.media import audio_bytes, b64, data_url, image_bytes
 from tests.conftest import Stack
 from tests.gateway.conftest import MODEL
 
@@ -66,3 +67,16 @@ def test_openapi_document_is_truthful(stack: Stack) -> None:
     assert "ChatCompletionRequest" in schemas and "HTTPValidationError" not in schemas
     for name in ("enable_thinking", "return_reasoning", "keep_reasoning_inline", "stream_options"):
         assert name in schemas["ChatCompletionRequest"]["properties"]
+
+
+def test_tokenize_counts_media_as_the_chat_prompt_does(client: openai.OpenAI, stack: Stack) -> None:
+    """An image and a clip: /tokenize's count is the chat completion's usage.prompt_tokens."""
+    image = {"type": "image_url", "image_url": {"url": data_url(image_bytes(), "image/png")}}
+    clip = {"type": "input_audio", "input_audio": {"data": b64(audio_bytes()), "format": "wav"}}
+    messages = [{"role": "user", "content": [image, {"type": "text", "text": "what?"}, clip]}]
+    counted = httpx.post(f"{stack.gateway.url}/tokenize", json={"messages": messages}, timeout=60)
+    assert counted.status_code == 200, counted.text
+    chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)  # type: ignore[arg-type]
+    assert chat.usage is not None
+    assert counted.json()["count"] == chat.usage.prompt_tokens
+    assert counted.json()["max_model_len"] > chat.usage.prompt_tokens
