@@ -34,6 +34,7 @@ from gateway.formatting import Formatter
 from gateway.fusion import FusionStage
 from gateway.limits import BodySizeLimit, check_input_size
 from gateway.media import MediaLoader
+from gateway.media_tokens import MediaTokenCounter
 from gateway.metrics import ARRIVED, Metrics, ObserveRequests
 from gateway.openapi import ERROR_RESPONSES, STREAM_RESPONSE, truthful_openapi
 from gateway.pipeline import ChoiceEvent, Job, Pipeline
@@ -72,10 +73,11 @@ class Gateway:
         )
         self.http = httpx.AsyncClient()
         self.clients = ServiceClients(config)
+        layout = image_layout(self.bundle, config)
+        media = MediaLoader(config, self.http, MediaTokenCounter.for_bundle(self.bundle, layout))
         self.pipeline = Pipeline(
-            config, prompter, fusion, self.clients, MediaLoader(config, self.http),
-            self.bundle.modalities, image_layout(self.bundle, config),
-        )  # fmt: skip
+            config, prompter, fusion, self.clients, media, self.bundle.modalities, layout
+        )
         self.formatter = Formatter(
             model=self.bundle.served_model_name,
             system_fingerprint=f"autoglm-serve-{importlib.metadata.version('autoglm-serve')}",

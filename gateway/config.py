@@ -47,6 +47,16 @@ class GatewayConfig(ServiceConfig):
     )
     max_audio_mb: int = setting(25, "largest audio file")
     max_audio_seconds: float = setting(600.0, "longest audio clip, read from its header")
+    max_request_image_pixels: int = setting(
+        64_000_000, "most image pixels (width*height, from headers) in one request"
+    )
+    max_request_audio_seconds: float = setting(
+        1200.0, "most seconds of audio (from headers) in one request"
+    )
+    max_request_audio_samples: int = setting(
+        64_000_000,
+        "most samples a request's clips decode to (channels x rate x duration, from headers)",
+    )
     image_url_allowlist: tuple[str, ...] = setting(
         (), "hosts http(s) image_url may be fetched from (empty: none)"
     )
@@ -69,7 +79,8 @@ class GatewayConfig(ServiceConfig):
         positive = (
             "request_timeout_s", "default_max_tokens", "max_body_mb", "max_image_mb",
             "max_image_pixels", "max_audio_mb", "max_audio_seconds", "image_fetch_timeout_s",
-            "max_messages", "max_text_chars", "max_tool_bytes",
+            "max_messages", "max_text_chars", "max_tool_bytes", "max_request_image_pixels",
+            "max_request_audio_seconds", "max_request_audio_samples",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

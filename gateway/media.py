@@ -25,6 +25,7 @@ import soundfile
 from PIL import Image, UnidentifiedImageError
 
 from gateway.config import GatewayConfig
+from gateway.media_tokens import MediaTokenCounter
 from gateway.protocol import AudioURLPart, ImagePart, InputAudioPart, MediaPart
 from services.common.errors import InvalidInput, TooLarge
 from services.encoder.types import MediaItem
@@ -35,11 +36,37 @@ AUDIO_MIME = {"WAV": "audio/wav", "MP3": "audio/mpeg", "FLAC": "audio/flac"}
 
 
 @dataclasses.dataclass(frozen=True)
+class Header:
+    """What a media file's header says, read before anything decodes it."""
+
+    height: int = 0  # images
+    width: int = 0
+    frames: int = 0  # audio: samples per channel
+    rate: int = 0
+    channels: int = 0
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.rate if self.rate else 0.0
+
+    @property
+    def samples(self) -> int:
+        """What decoding the clip would produce, every channel counted."""
+        return self.frames * self.channels
+
+
+@dataclasses.dataclass(frozen=True)
 class Media:
     kind: Kind
     data: bytes
     mime_type: str
     sha256: str
+    header: Header = Header()
+    tokens: int = 0  # its prompt tokens, counted from the header (media_tokens.py)
 
     def to_item(self) -> MediaItem:
         return MediaItem(data=self.data, mime_type=self.mime_type)
@@ -78,8 +105,9 @@ def decode_base64(payload: str, max_bytes: int, what: str) -> bytes:
     return data
 
 
-def check_image(data: bytes, max_pixels: int) -> tuple[bytes, str]:
-    """(bytes the vision service accepts, mime type); dimensions come from the header."""
+def check_image(data: bytes, max_pixels: int) -> tuple[bytes, str, Header]:
+    """(bytes the vision service accepts, mime type, header); dimensions come from the
+    header."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
@@ -89,20 +117,20 @@ def check_image(data: bytes, max_pixels: int) -> tuple[bytes, str]:
                 image.seek(0)
                 frame = io.BytesIO()
                 image.convert("RGB").save(frame, format="PNG")
-                return frame.getvalue(), IMAGE_MIME["PNG"]
+                return frame.getvalue(), IMAGE_MIME["PNG"], Header(height=height, width=width)
             if image.format not in IMAGE_MIME:
                 raise InvalidInput(
                     f"unsupported image format {image.format}; use PNG, JPEG, WebP or GIF"
                 )
-            return data, IMAGE_MIME[image.format]
+            return data, IMAGE_MIME[image.format], Header(height=height, width=width)
     except Image.DecompressionBombError:
         raise TooLarge(f"image exceeds {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, EOFError):
         raise InvalidInput("image could not be read (supported: PNG, JPEG, WebP, GIF)") from None
 
 
-def check_audio(data: bytes, max_seconds: float) -> str:
-    """The clip's mime type; its duration comes from the header, before any decoding."""
+def check_audio(data: bytes, max_seconds: float) -> tuple[str, Header]:
+    """The clip's mime type and header (duration, rate, channels), before any decoding."""
     try:
         info = soundfile.info(io.BytesIO(data))
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
@@ -113,24 +141,70 @@ def check_audio(data: bytes, max_seconds: float) -> str:
         raise InvalidInput("audio clip is empty")
     if info.duration > max_seconds:
         raise TooLarge(f"audio clip of {info.duration:.1f} s exceeds {max_seconds:g} s")
-    return AUDIO_MIME[info.format]
+    header = Header(frames=info.frames, rate=info.samplerate, channels=info.channels)
+    return AUDIO_MIME[info.format], header
 
 
-def _media(kind: Kind, data: bytes, mime_type: str) -> Media:
-    return Media(kind, data, mime_type, hashlib.sha256(data).hexdigest())
+class MediaBudget:
+    """One request's totals, checked as each item's header is read: image pixels, audio
+    seconds, and the samples its clips would decode to (channels x rate x duration), so a
+    192 kHz 8-channel clip is refused from its header rather than decoded."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.pixels = 0
+        self.seconds = 0.0
+        self.samples = 0
+
+    def take(self, header: Header) -> None:
+        config = self.config
+        self.pixels += header.pixels
+        self.seconds += header.seconds
+        self.samples += header.samples
+        if self.pixels > config.max_request_image_pixels:
+            raise TooLarge(
+                f"images of {self.pixels} pixels in one request; at most "
+                f"{config.max_request_image_pixels}"
+            )
+        if self.seconds > config.max_request_audio_seconds:
+            raise TooLarge(
+                f"{self.seconds:.1f} s of audio in one request; at most "
+                f"{config.max_request_audio_seconds:g} s"
+            )
+        if self.samples > config.max_request_audio_samples:
+            raise TooLarge(
+                f"audio decoding to {self.samples} samples (channels x rate x duration) in one "
+                f"request; at most {config.max_request_audio_samples}"
+            )
 
 
 class MediaLoader:
     """Turns a request's media parts into checked ``Media``, in order."""
 
-    def __init__(self, config: GatewayConfig, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self, config: GatewayConfig, http: httpx.AsyncClient, counter: MediaTokenCounter
+    ) -> None:
         self.config = config
         self.http = http
+        self.counter = counter
         self.allowed_hosts = {host.lower() for host in config.image_url_allowlist}
 
     async def load(self, parts: list[MediaPart]) -> list[Media]:
         check_counts(parts, self.config)
-        return [await self.load_one(part) for part in parts]
+        budget = MediaBudget(self.config)
+        loaded = []
+        for part in parts:
+            media = await self.load_one(part)
+            budget.take(media.header)
+            loaded.append(media)
+        return loaded
+
+    def _media(self, kind: Kind, data: bytes, mime_type: str, header: Header) -> Media:
+        if kind == "image":
+            tokens = self.counter.image_tokens(header.height, header.width)
+        else:
+            tokens = self.counter.audio_tokens(header.frames, header.rate)
+        return Media(kind, data, mime_type, hashlib.sha256(data).hexdigest(), header, tokens)
 
     async def load_one(self, part: MediaPart) -> Media:
         config = self.config
@@ -140,14 +214,14 @@ class MediaLoader:
                 data = decode_data_url(url, config.max_image_bytes, "image_url")
             else:
                 data = await self.fetch_image(url)
-            data, mime = await anyio.to_thread.run_sync(check_image, data, config.max_image_pixels)
-            return _media("image", data, mime)
+            checked = await anyio.to_thread.run_sync(check_image, data, config.max_image_pixels)
+            return self._media("image", *checked)
         if isinstance(part, InputAudioPart):
             data = decode_base64(part.input_audio.data, config.max_audio_bytes, "input_audio.data")
         elif isinstance(part, AudioURLPart):
             data = decode_data_url(part.audio_url.url, config.max_audio_bytes, "audio_url")
-        mime = await anyio.to_thread.run_sync(check_audio, data, config.max_audio_seconds)
-        return _media("audio", data, mime)
+        mime, header = await anyio.to_thread.run_sync(check_audio, data, config.max_audio_seconds)
+        return self._media("audio", data, mime, header)
 
     async def fetch_image(self, url: str) -> bytes:
         parts = urlsplit(url)

@@ -214,6 +214,10 @@ class Pipeline:
         deadline = Deadline(self.config.request_timeout_s)
         media = await self._load(body)
         grids = self.layout.grids(media) if self.layout else []
+        if media:  # the prompt's length from the media headers, before any encoder runs
+            counted: list[tuple[str, int]] = [(m.kind, m.tokens) for m in media]
+            prompt_tokens = len((await self._render(body, counted)).input_ids)
+            await self._check_context_length(body, prompt_tokens, request_id)
         embeddings = await self._embed(media, grids, request_id, deadline)
         prompt = await self._render(body, _rows(media, embeddings))
         segments = tuple(
@@ -258,11 +262,12 @@ class Pipeline:
     async def _check_context_length(
         self, body: GenerationParams, prompt_tokens: int, request_id: str
     ) -> None:
-        """An explicit max_tokens that cannot fit is a 400, as OpenAI and vLLM answer it;
-        the server's default max_tokens is only ever capped."""
-        requested = body.requested_max_tokens()
-        limit = await self.max_model_len(request_id) if requested else None
-        if requested and limit and prompt_tokens + requested > limit:
+        """A prompt without room for one token, or an explicit max_tokens that cannot fit
+        beside it, is a 400, as OpenAI and vLLM answer it; the server's default max_tokens is
+        only ever capped."""
+        requested = body.requested_max_tokens() or 1
+        limit = await self.max_model_len(request_id)
+        if limit and prompt_tokens + requested > limit:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens. However, you "
                 f"requested {prompt_tokens + requested} tokens ({prompt_tokens} in the "

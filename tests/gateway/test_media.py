@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import http.server
 import io
@@ -11,11 +12,14 @@ import zlib
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
+import soundfile
 from PIL import Image
 
 from gateway.config import GatewayConfig
 from gateway.media import MediaLoader, check_audio, check_image, decode_data_url
+from gateway.media_tokens import MediaTokenCounter
 from gateway.protocol import AudioURLPart, ImagePart, InputAudioPart
 from services.common.errors import InvalidInput, TooLarge
 from testkit.media import audio_bytes, b64, data_url, image_bytes
@@ -47,14 +51,15 @@ def test_image_dimensions_are_checked_from_the_header() -> None:
 def test_supported_images_pass_through_unchanged() -> None:
     for fmt, mime in (("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")):
         data = image_bytes(fmt)
-        assert check_image(data, 10**6) == (data, mime)
+        assert check_image(data, 10**6)[:2] == (data, mime)
 
 
 def test_gif_becomes_its_first_frame_as_png() -> None:
     frames = [Image.new("RGB", (8, 8), color) for color in ("red", "blue")]
     out = io.BytesIO()
     frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:])
-    converted, mime = check_image(out.getvalue(), 10**6)
+    converted, mime, header = check_image(out.getvalue(), 10**6)
+    assert (header.height, header.width) == (8, 8)
     assert mime == "image/png"
     assert Image.open(io.BytesIO(converted)).convert("RGB").getpixel((4, 4)) == (255, 0, 0)
 
@@ -78,14 +83,15 @@ def test_data_urls_are_size_checked_before_decoding() -> None:
 @pytest.mark.parametrize(("fmt", "mime"), [("WAV", "audio/wav"), ("FLAC", "audio/flac")])
 def test_audio_formats_and_duration_from_the_header(fmt: str, mime: str) -> None:
     clip = audio_bytes(seconds=2.0, format=fmt, subtype="PCM_16")
-    assert check_audio(clip, max_seconds=3) == mime
+    found, header = check_audio(clip, max_seconds=3)
+    assert found == mime and header.seconds == pytest.approx(2.0)
     with pytest.raises(TooLarge, match=r"2\.0 s"):
         check_audio(clip, max_seconds=1)
 
 
 def test_mp3_is_accepted() -> None:
     clip = audio_bytes(seconds=1.0, format="MP3", subtype="MPEG_LAYER_III")
-    assert check_audio(clip, max_seconds=3) == "audio/mpeg"
+    assert check_audio(clip, max_seconds=3)[0] == "audio/mpeg"
 
 
 def test_unreadable_audio_is_bad_input() -> None:
@@ -118,7 +124,7 @@ def image_server() -> Iterator[str]:
 
 def loader(**fields: object) -> MediaLoader:
     config = dataclasses.replace(GatewayConfig(), **fields)  # type: ignore[arg-type]
-    return MediaLoader(config, httpx.AsyncClient())
+    return MediaLoader(config, httpx.AsyncClient(), MediaTokenCounter(None, None))
 
 
 async def test_http_image_urls_need_an_allowlisted_host(image_server: str) -> None:
@@ -154,3 +160,41 @@ async def test_the_same_bytes_hash_the_same_whatever_part_carries_them() -> None
     )
     first, second = await loader().load([as_input, as_url])
     assert first.sha256 == second.sha256 and first.kind == second.kind == "audio"
+
+
+def silent_flac(seconds: int, rate: int, channels: int) -> bytes:
+    """Real silence, written a second at a time (FLAC packs it to a few kB per minute)."""
+    out = io.BytesIO()
+    second = np.zeros((rate, channels), dtype=np.int16)
+    with soundfile.SoundFile(out, "w", rate, channels, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(seconds):
+            f.write(second)
+    return out.getvalue()
+
+
+def audio_part(data: bytes) -> InputAudioPart:
+    encoded = base64.b64encode(data).decode()
+    return InputAudioPart.model_validate(
+        {"type": "input_audio", "input_audio": {"data": encoded, "format": "flac"}}
+    )
+
+
+async def test_a_192khz_8_channel_flac_is_refused_from_its_header() -> None:
+    """45 s of it is 69 kB of FLAC but 69 M samples (276 MB as float32): over the default
+    decoded-sample budget, refused from channels x rate x duration before anything decodes."""
+    clip = silent_flac(45, rate=192_000, channels=8)
+    assert len(clip) < 200_000 and GatewayConfig().max_request_audio_samples < 69_120_000
+    with pytest.raises(TooLarge, match="channels x rate x duration"):
+        await loader().load([audio_part(clip)])
+    mono = silent_flac(45, rate=16_000, channels=1)  # the same duration at speech rates fits
+    assert (await loader().load([audio_part(mono)]))[0].header.samples == 45 * 16_000
+
+
+async def test_request_totals_of_pixels_and_seconds() -> None:
+    images = [image_part(data_url(png_header_claiming(4000, 3000), "image/png"))] * 2
+    with pytest.raises(TooLarge, match="24000000 pixels"):
+        await loader(max_request_image_pixels=20_000_000).load(list(images))
+    assert len(await loader(max_request_image_pixels=24_000_000).load(list(images))) == 2
+    clip = audio_part(audio_bytes(seconds=2.0, format="FLAC"))
+    with pytest.raises(TooLarge, match=r"4\.0 s of audio"):
+        await loader(max_request_audio_seconds=3.0).load([clip, clip])
