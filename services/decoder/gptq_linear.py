@@ -10,14 +10,21 @@ are cast around the call, so the module works in any model dtype.
 Act-order checkpoints (``g_idx`` not monotonic) run by sorting the input columns by group,
 then permuting each input the same way. Anything the kernels refuse (8-bit, widths not a
 multiple of 16, groups they do not support) dequantizes on every call.
+
+On the CPU the int4 kernel only wins at few rows per call: from ``dequant_rows`` rows on (the
+crossover measured per shape at construction, ``int4_dequant.crossover_rows``) a call unpacks
+the same packed codes to bf16 in a scratch buffer and runs oneDNN's bf16 GEMM instead.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
 
 from quantize.checkpoint import QuantizedWeight
+from services.decoder.int4_dequant import can_dequantize, crossover_rows, dequantized_mm
 
 KERNEL_GROUP_SIZES = (256, 128, 64, 32)  # what both int4 kernels accept, largest first
 CUDA_INNER_K_TILES = (8, 4, 2)
@@ -51,7 +58,10 @@ class GPTQLinear(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         allow_kernel: bool = True,
+        dequant_rows: int | Literal["probe"] | None = "probe",
     ) -> None:
+        """``dequant_rows``: the CPU int4 kernel's rows from which to unpack to bf16 instead;
+        "probe" measures it on this shape, None never does."""
         super().__init__()
         device = torch.device(device)
         weight = QuantizedWeight.unpack(qweight, qzeros, scales, g_idx, bits, checkpoint_format)
@@ -60,6 +70,7 @@ class GPTQLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.to(device, dtype))
         layout = int4_layout(weight, device) if allow_kernel else None
         self.kernel = "dequantize" if layout is None else f"int4-{device.type}"
+        self.dequant_rows: int | None = None
         if layout is None:
             # Fallback: keep the codes as bytes, dequantize on every call.
             self.register_buffer("q", weight.q.to(device))
@@ -81,6 +92,10 @@ class GPTQLinear(nn.Module):
         self.register_buffer("packed", packed)
         scales_and_zeros = _scales_and_zeros(weight, group).to(device, KERNEL_DTYPE)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
+        if self.kernel == "int4-cpu" and can_dequantize(self.out_features, device):
+            if dequant_rows == "probe":
+                dequant_rows = crossover_rows(packed, scales_and_zeros, group)
+            self.dequant_rows = dequant_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -91,14 +106,15 @@ class GPTQLinear(nn.Module):
             if self.perm is not None:
                 x2 = x2.index_select(1, self.perm)
             x2 = x2.to(KERNEL_DTYPE).contiguous()
-            mm = (
-                torch.ops.aten._weight_int4pack_mm
-                if self.kernel == "int4-cuda"
-                else torch.ops.aten._weight_int4pack_mm_for_cpu
-            )
             # .to() is a no-op unless the module was cast (model.to(dtype)) after loading.
             sz = self.scales_and_zeros.to(KERNEL_DTYPE)
-            y = mm(x2, self.packed, self.group, sz).to(x.dtype)
+            if self.dequant_rows is not None and x2.shape[0] >= self.dequant_rows:
+                y = dequantized_mm(x2, self.packed, sz, self.group)
+            elif self.kernel == "int4-cuda":
+                y = torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group, sz)
+            else:
+                y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, sz)
+            y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
@@ -112,7 +128,7 @@ class GPTQLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bits={self.bits}, kernel={self.kernel}"
+            f"bits={self.bits}, kernel={self.kernel}, dequant_rows={self.dequant_rows}"
         )
 
 

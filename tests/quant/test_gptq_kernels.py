@@ -1,6 +1,6 @@
 """GPTQLinear's paths against the dequantized reference ``x @ W^T + b``: torch's CPU int4 kernel
-(with its ``(q - 8) * scale + zero`` form), act-order by input permutation, and the
-dequantizing fallback for what the kernel refuses."""
+(with its ``(q - 8) * scale + zero`` form), act-order by input permutation, the unpack-to-bf16
+path it hands large calls to, and the dequantizing fallback for what the kernel refuses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import torch
 
 from quantize.checkpoint import QuantizedWeight
 from quantize.rtn import rtn_quantize
+from services.decoder import int4_dequant
 from services.decoder.gptq_linear import GPTQLinear, int4_layout
+from services.decoder.int4_dequant import can_dequantize
 
 
 def quantized(out: int, inp: int, bits: int = 4, group_size: int = 128) -> QuantizedWeight:
@@ -133,3 +135,49 @@ def test_kernel_and_fallback_agree() -> None:
 def test_int4_packing_is_smaller_than_the_codes() -> None:
     module = layer(quantized(64, 256))
     assert module.packed.numel() * module.packed.element_size() == 64 * 256 // 2
+
+
+@pytest.mark.skipif(not can_dequantize(64, torch.device("cpu")), reason="no blocked int4 layout")
+@pytest.mark.parametrize(
+    ("out", "inp", "group_size", "chunk"),
+    [(64, 256, 128, 1 << 22), (192, 128, 32, 128 * 64), (320, 256, -1, 2 * 256 * 64)],
+)
+def test_dequantized_path_matches_the_reference(
+    out: int, inp: int, group_size: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From ``dequant_rows`` rows on, the same packed codes unpacked to bf16 (a chunk of
+    64-output blocks at a time) and multiplied by oneDNN give the reference's result."""
+    monkeypatch.setattr(int4_dequant, "CHUNK_WEIGHTS", chunk)
+    weight = quantized(out, inp, group_size=group_size)
+    bias = torch.randn(out)
+    module = layer(weight, bias, dequant_rows=4)
+    assert module.kernel == "int4-cpu" and module.dequant_rows == 4
+    for rows in (3, 4, 37):  # the int4 kernel below the crossover, the unpacked path from it
+        x = torch.randn(rows, inp)
+        assert_bf16_close(module(x), reference(weight, x, bias))
+
+
+@pytest.mark.skipif(not can_dequantize(64, torch.device("cpu")), reason="no blocked int4 layout")
+def test_dequantized_path_keeps_act_order_and_needs_no_resident_copy() -> None:
+    weight = shuffled_groups(quantized(128, 256))
+    module = layer(weight, dequant_rows=1)
+    before = {name: t.data_ptr() for name, t in module.state_dict().items()}
+    x = torch.randn(20, 256)
+    assert_bf16_close(module(x), reference(weight, x))
+    assert {name: t.data_ptr() for name, t in module.state_dict().items()} == before
+    assert module.packed.numel() == 128 * 256 // 2  # the int4 codes are all it keeps
+
+
+def test_the_crossover_is_measured_once_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = layer(quantized(128, 256))
+    key = (128, 256, 128, torch.get_num_threads())
+    monkeypatch.setitem(int4_dequant._crossovers, key, 17)  # a marked entry
+    second = layer(quantized(128, 256))
+    assert second.dequant_rows == 17, "the probe ran again instead of reading its cache"
+    assert first.dequant_rows is None or first.dequant_rows in int4_dequant.PROBE_ROWS
+    assert layer(quantized(128, 256), dequant_rows=None).dequant_rows is None
+
+
+def test_outputs_not_in_blocks_of_64_keep_the_int4_kernel() -> None:
+    module = layer(quantized(48, 128, group_size=32), dequant_rows=1)
+    assert module.kernel == "int4-cpu" and module.dequant_rows is None

@@ -1,0 +1,49 @@
+"""The engine on GPTQ layers whose calls take both CPU paths (the int4 kernel at few rows, the
+unpacked bf16 GEMM from ``dequant_rows`` on): batching still does not change greedy output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantize.rtn import rtn_quantize
+from services.decoder.gptq_linear import GPTQLinear
+from services.decoder.int4_dequant import can_dequantize
+from services.decoder.model import Glm4ForCausalLM as ServingGlm4
+from services.decoder.quant import decoder_linears
+from tests.decoder.engines import make_engine, request, run_all, tokens
+
+
+def gptq_model(checkpoint: Path, dequant_rows: int | None) -> ServingGlm4:
+    """The tiny model with every decoder Linear and the lm_head as 4-bit GPTQLinear."""
+    model = ServingGlm4.from_pretrained(checkpoint, torch.float32, torch.device("cpu"))
+    linears = {**decoder_linears(model), "lm_head": model.lm_head}
+    for name, linear in linears.items():
+        packed = rtn_quantize(linear.weight.detach(), 4, 32).pack()
+        bias = None if linear.bias is None else linear.bias.detach()
+        quantized = GPTQLinear(
+            packed["qweight"], packed["qzeros"], packed["scales"], packed["g_idx"], bias,
+            dequant_rows=dequant_rows,
+        )  # fmt: skip
+        model.set_submodule(name, quantized)
+    return model
+
+
+@pytest.mark.skipif(not can_dequantize(64, torch.device("cpu")), reason="no blocked int4 layout")
+def test_greedy_alone_equals_greedy_in_a_batch_of_16_across_both_paths(
+    tiny_checkpoint: Path,
+) -> None:
+    model = gptq_model(tiny_checkpoint, dequant_rows=8)
+    unpacked = [m for m in model.modules() if isinstance(m, GPTQLinear) and m.dequant_rows]
+    assert len(unpacked) >= 3 * model.config.num_hidden_layers + 1  # q, o, gate_up, down, lm_head
+    requests = [request(f"r{i}", 3 + 7 * i, max_tokens=12, seed=i) for i in range(16)]
+    batched = make_engine(model, chunk=48)  # prefill chunks and 16-row decode: unpacked path
+    for r in requests:
+        batched.add(r)
+    together = run_all(batched)
+    for r in requests:  # one row per decode step: the int4 kernel
+        alone = make_engine(model)
+        alone.add(r)
+        assert tokens(run_all(alone)[r.request_id]) == tokens(together[r.request_id]), r.request_id
