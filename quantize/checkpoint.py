@@ -130,11 +130,12 @@ class QuantConfig:
     damp_percent: float = 0.01
     true_sequential: bool = False
     static_groups: bool = False
+    lm_head: bool = False  # GPTQModel's flag: the lm_head is quantized too
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data.update(quant_method="gptq", lm_head=False)
+        data.update(quant_method="gptq")
         return data
 
     @classmethod
@@ -155,6 +156,7 @@ class QuantConfig:
             damp_percent=float(data.get("damp_percent", 0.01)),
             true_sequential=bool(data.get("true_sequential", False)),
             static_groups=bool(data.get("static_groups", False)),
+            lm_head=bool(data.get("lm_head", False)),
             meta=dict(data.get("meta") or {}),
         )
 

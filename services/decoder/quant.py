@@ -2,7 +2,8 @@
 
 Only the nn.Linear modules inside ``model.model.layers`` are replaced (attention and MLP
 projections, named as in Hugging Face's Glm4ForCausalLM); embeddings, norms and lm_head keep
-their precision, as GPTQ checkpoints and the design table expect.
+their precision, as GPTQ checkpoints and the design table expect, except a GPTQ checkpoint
+whose lm_head is quantized too (``autoglm quantize --lm-head``, GPTQModel's ``lm_head``).
 """
 
 from __future__ import annotations
@@ -63,8 +64,12 @@ def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
     }
 
 
-def _replace_linears(model: nn.Module, build: Callable[[str, nn.Linear], nn.Module]) -> None:
-    for name, linear in decoder_linears(model).items():
+def _replace_linears(
+    model: nn.Module,
+    build: Callable[[str, nn.Linear], nn.Module],
+    linears: dict[str, nn.Linear] | None = None,
+) -> None:
+    for name, linear in (linears or decoder_linears(model)).items():
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, build(name, linear))
 
@@ -109,9 +114,14 @@ def _apply_gptq(model: nn.Module, folder: Path, device: torch.device) -> str:
                 return JoinedLinear(*(gptq_linear(h, linear.weight.dtype) for h in halves))
         return gptq_linear(name, linear.weight.dtype)
 
-    _replace_linears(model, build)
+    linears = decoder_linears(model)
+    if config.lm_head or "lm_head.qweight" in tensors:
+        head = model.get_submodule("lm_head")
+        assert isinstance(head, nn.Linear)
+        linears["lm_head"] = head
+    _replace_linears(model, build, linears)
     _load_unquantized(model, {k: v for k, v in tensors.items() if k not in used}, folder)
-    return f"gptq-{config.bits}bit"
+    return f"gptq-{config.bits}bit" + ("+lm_head" if "lm_head" in linears else "")
 
 
 def _text_config(model: nn.Module) -> TextModelConfig:

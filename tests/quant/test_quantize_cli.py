@@ -14,7 +14,7 @@ from transformers import Glm4Config, Glm4ForCausalLM
 
 from bundle.build import build_tokenizer
 from bundle.layout import Bundle
-from quantize.checkpoint import QUANT_PARTS, QuantizedWeight, pack_int32
+from quantize.checkpoint import QUANT_PARTS, QuantizedWeight, pack_int32, read_quant_config
 from quantize.rtn import rtn_quantize
 from services.cli import main
 from services.decoder.gptq_linear import GPTQLinear
@@ -30,8 +30,9 @@ FAST = ["--samples", "8", "--seq-len", "64"]
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     root = tmp_path_factory.mktemp("tiny")
     tokenizer = build_tokenizer()
-    config = Glm4Config(
-        vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+    config = Glm4Config(  # the vocabulary padded to a multiple of 64, as real checkpoints do
+        vocab_size=-(-len(tokenizer) // 64) * 64, hidden_size=128, num_hidden_layers=2,
+        num_attention_heads=4,
         num_key_value_heads=2, head_dim=32, intermediate_size=256, attention_bias=True,
         tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
@@ -121,6 +122,30 @@ def test_loaded_checkpoint_is_close_to_fp(tiny_bundle: Bundle, flags: list[str])
         qweight, qzeros, scales, g_idx = (tensors[f"{name}.{p}"] for p in QUANT_PARTS)
         with torch.no_grad():
             weight = QuantizedWeight.unpack(qweight, qzeros, scales, g_idx, bits)
+            linear.weight.copy_(weight.dequantize())
+    assert_same_up_to_bf16(quant, logits(simulated, ids))
+
+
+def test_lm_head_option_quantizes_the_output_projection_too(tiny_bundle: Bundle) -> None:
+    assert main(["quantize", str(tiny_bundle.root), "--lm-head", *FAST]) == 0
+    folder = tiny_bundle.decoder_gptq
+    assert read_quant_config(folder).lm_head
+    tensors = load_file(folder / "model.safetensors")
+    assert "lm_head.weight" not in tensors and tensors["lm_head.qweight"].dtype == torch.int32
+    assert tensors["model.embed_tokens.weight"].dtype == torch.float32  # a lookup: kept
+
+    model = fp_model(tiny_bundle)
+    assert apply_quantization(model, "gptq", tiny_bundle, CPU) == "gptq-4bit+lm_head"
+    assert isinstance(model.lm_head, GPTQLinear)
+    ids = torch.randint(0, 4000, (2, 12))
+    fp, quant = logits(fp_model(tiny_bundle), ids), logits(model, ids)
+    kl = F.kl_div(quant.log_softmax(-1), fp.log_softmax(-1), log_target=True, reduction="none")
+    assert kl.sum(-1).mean() < 0.05
+    simulated = fp_model(tiny_bundle)
+    for name, linear in {**decoder_linears(simulated), "lm_head": simulated.lm_head}.items():
+        qweight, qzeros, scales, g_idx = (tensors[f"{name}.{p}"] for p in QUANT_PARTS)
+        weight = QuantizedWeight.unpack(qweight, qzeros, scales, g_idx, 4)
+        with torch.no_grad():
             linear.weight.copy_(weight.dequantize())
     assert_same_up_to_bf16(quant, logits(simulated, ids))
 
