@@ -2,9 +2,10 @@
 
 A raw ASGI middleware, outermost, so an unauthenticated client gets its 401 whatever it sends:
 a body is neither received nor parsed for it (a malformed body without a key is a 401, not a
-400). ``/v1/*``, ``/tokenize`` and ``/detokenize`` need the API key, ``/metrics`` the metrics
-key; an empty key leaves its paths open. ``/health`` and the OpenAPI document are always
-open (probes and discovery).
+400). ``/metrics`` needs the metrics key and every other path the API key (``/v1/*``,
+``/tokenize``, ``/detokenize``, any route added later): closed unless listed in
+``OPEN_PATHS``, ``/health`` and the OpenAPI document (probes and discovery). An empty key
+leaves its paths open.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import AuthenticationFailed, map_exception
 
-TOKENIZER_PATHS = frozenset({"/tokenize", "/detokenize"})  # vLLM serves them outside /v1
+OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
 def bearer_matches(authorization: bytes, key: str) -> bool:
@@ -30,11 +31,9 @@ class ApiKeys:
         self.metrics_api_key = metrics_api_key
 
     def key_for(self, path: str) -> str:
-        if path == "/v1" or path.startswith("/v1/") or path in TOKENIZER_PATHS:
-            return self.api_key
-        if path == "/metrics":
-            return self.metrics_api_key
-        return ""
+        if path in OPEN_PATHS:
+            return ""
+        return self.metrics_api_key if path == "/metrics" else self.api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         key = self.key_for(scope["path"]) if scope["type"] == "http" else ""

@@ -129,6 +129,12 @@ def test_the_key_is_checked_before_the_body_is_read(app: TestClient, body: bytes
     assert_openai_error(app.post("/v1/chat/completions", content=body, headers=AUTH), 400)
 
 
+@pytest.mark.parametrize("path", ["/v1/models", "/tokenize", "/detokenize", "/v1/nowhere"])
+def test_every_path_but_health_and_the_docs_needs_the_key(app: TestClient, path: str) -> None:
+    assert_openai_error(app.post(path, content=b"{}"), 401)
+    assert app.get("/openapi.json").status_code == 200
+
+
 def test_an_oversized_body_without_a_key_is_401_not_413(app: TestClient) -> None:
     huge = {"Content-Length": str(1 << 40)}
     assert_openai_error(app.post("/v1/completions", content=b"{}", headers=huge), 401)
