@@ -15,9 +15,8 @@ import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio
 import grpc
 import httpx
 import uvicorn
@@ -25,6 +24,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from bundle.layout import Bundle
+from gateway.admission import InFlightLimit, cancel_on_disconnect
 from gateway.auth import ApiKeys
 from gateway.chat import ChatPrompter
 from gateway.clients import ServiceClients
@@ -54,8 +54,6 @@ from services.common.grpc_server import configure_logging
 from services.common.health import AUDIO_SERVICE, DECODER_SERVICE, VISION_SERVICE
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-DISCONNECT_POLL_S = 0.25
 MODEL_INFO_TIMEOUT_S = 2.0
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SERVICE_OF_MODALITY = {"text": DECODER_SERVICE, "image": VISION_SERVICE, "audio": AUDIO_SERVICE}
@@ -124,22 +122,6 @@ def _request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
-async def _until_disconnected(request: Request, work: Callable[[], Awaitable[T]]) -> T | None:
-    """Run ``work``, cancelling it (and so its decoder calls) if the client goes away."""
-    result: list[T] = []
-    async with anyio.create_task_group() as group:
-
-        async def watch() -> None:
-            while not await request.is_disconnected():
-                await anyio.sleep(DISCONNECT_POLL_S)
-            group.cancel_scope.cancel()
-
-        group.start_soon(watch)
-        result.append(await work())
-        group.cancel_scope.cancel()
-    return result[0] if result else None
-
-
 async def _respond(
     request: Request,
     job: Job,
@@ -150,10 +132,7 @@ async def _respond(
     events = metrics.track(job.events(), job.counts, request.scope[ARRIVED])
     if not job.params.stream:
         async with contextlib.aclosing(events):
-            body = await _until_disconnected(request, lambda: collect(job, events))
-        if body is None:  # the client left; nobody reads this
-            return Response(status_code=499)
-        return JSONResponse(body.model_dump())
+            return JSONResponse((await collect(job, events)).model_dump())
     # The first event is awaited before the status line goes out, so an error the decoder
     # reports at once (prompt too long, overloaded) still gets its proper HTTP status.
     first = await anext(events)
@@ -191,14 +170,21 @@ async def _complete(
     request_id = _request_id(request)
     gateway.check_model(body.model)
     check_input_size(body, gateway.config)
-    job = await kind.prepare(gateway.pipeline, body, request_id)
     formatter = gateway.formatter
-    return await _respond(
-        request,
-        job,
-        functools.partial(kind.collect, formatter),
-        functools.partial(kind.stream, formatter),
-    )
+
+    async def answer() -> Response:
+        job = await kind.prepare(gateway.pipeline, body, request_id)
+        return await _respond(
+            request,
+            job,
+            functools.partial(kind.collect, formatter),
+            functools.partial(kind.stream, formatter),
+        )
+
+    # From here until the first token (or the whole answer) a client that leaves cancels the
+    # work; once streaming, Starlette's StreamingResponse watches for the disconnect itself.
+    response = await cancel_on_disconnect(request, answer)
+    return response or Response(status_code=499)  # the client left; nobody reads this
 
 
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -316,6 +302,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app.state.metrics = Metrics()
     app.add_middleware(ObserveRequests, metrics=app.state.metrics)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(InFlightLimit, max_in_flight=config.max_in_flight_requests)
     # added last, so outermost: the key is checked before the body is read or limited
     app.add_middleware(ApiKeys, api_key=config.api_key, metrics_api_key=config.metrics_api_key)
     app.openapi = lambda: truthful_openapi(app)  # type: ignore[method-assign]

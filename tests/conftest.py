@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -77,17 +77,19 @@ class Stack:
         return (self.vision, self.audio, self.decoder, self.gateway)
 
 
-@pytest.fixture(scope="session")
-def stack(quantized_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Vision, audio, decoder and gateway on free loopback ports, started in parallel."""
-    bundle_dir = quantized_bundle_dir
-    logs = tmp_path_factory.mktemp("logs")
-    encoders_and_decoder = [
+def start_stack(
+    bundle_dir: Path,
+    logs: Path,
+    decoder_args: Sequence[str] = (),
+    gateway_args: Sequence[str] = (),
+) -> Stack:
+    """Vision, audio, decoder and gateway on free loopback ports, started in parallel and
+    ready; stop them with ``stop_stack``."""
+    vision, audio, decoder = (
         spawn("vision", bundle_dir, logs),
         spawn("audio", bundle_dir, logs),
-        spawn("decoder", bundle_dir, logs),
-    ]
-    vision, audio, decoder = encoders_and_decoder
+        spawn("decoder", bundle_dir, logs, args=decoder_args),
+    )
     gateway = spawn(
         "gateway",
         bundle_dir,
@@ -96,16 +98,32 @@ def stack(quantized_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
             "--vision-target", vision.target,
             "--audio-target", audio.target,
             "--decoder-target", decoder.target,
+            *gateway_args,
         ],
     )  # fmt: skip
     started = Stack(vision, audio, decoder, gateway)
     try:
         for process in started.processes:
             process.wait_ready()
+    except BaseException:
+        stop_stack(started)
+        raise
+    return started
+
+
+def stop_stack(stack: Stack) -> None:
+    for process in reversed(stack.processes):
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(quantized_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The four services as `make up` serves the default bundle (the GPTQ decoder)."""
+    started = start_stack(quantized_bundle_dir, tmp_path_factory.mktemp("logs"))
+    try:
         yield started
     finally:
-        for process in reversed(started.processes):
-            process.stop()
+        stop_stack(started)
 
 
 @pytest.fixture(scope="session")

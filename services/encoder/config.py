@@ -37,6 +37,9 @@ class EncoderConfig(ServiceConfig):
     )
     max_items: int = limit(16, "most items per request")
     batch_size: int = limit(8, "inputs per forward pass of the tower")
+    max_waiting_calls: int = limit(
+        64, "Encode calls waiting for the tower; past it a call gets RESOURCE_EXHAUSTED (HTTP 429)"
+    )
 
     def __init_subclass__(
         cls, *, env_prefix: str, port: int, max_items: int, batch_size: int

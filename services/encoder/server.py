@@ -90,7 +90,9 @@ def run(config: EncoderConfig) -> int:
                 service_name=kind.service.full_name,
                 add_servicer=lambda server: kind.add_servicer(servicer, server),
                 load=lambda: batcher.set(
-                    EncodeBatcher(kind.load(config), worker, config.batch_size)
+                    EncodeBatcher(
+                        kind.load(config), worker, config.batch_size, config.max_waiting_calls
+                    )
                 ),
             )
         )

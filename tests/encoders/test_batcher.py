@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, Overloaded
 from services.encoder.batcher import EncodeBatcher
 from services.encoder.pipeline import MediaEncoder
 from services.encoder.types import EncoderInfo, MediaItem
@@ -50,9 +50,9 @@ def worker() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
 
 
 def batcher_for(
-    tower: Tower, worker: concurrent.futures.Executor, size: int
+    tower: Tower, worker: concurrent.futures.Executor, size: int, max_waiting: int = 64
 ) -> EncodeBatcher[MediaEncoder[int]]:
-    return EncodeBatcher(MediaEncoder(tower.decode, tower.encode, INFO), worker, size)
+    return EncodeBatcher(MediaEncoder(tower.decode, tower.encode, INFO), worker, size, max_waiting)
 
 
 def items(*values: str) -> list[MediaItem]:
@@ -130,3 +130,33 @@ async def test_a_failed_pass_fails_its_calls_and_the_next_calls_are_served(worke
     with pytest.raises(RuntimeError, match="tower failed"):
         await batcher(items("1"))
     assert values(await batcher(items("2"))) == [2]
+
+
+async def test_past_the_waiting_bound_a_call_is_refused_at_once(worker) -> None:
+    tower = Tower()
+    batcher = batcher_for(tower, worker, size=8, max_waiting=2)
+    first = await hold_the_tower(tower, batcher)  # in the tower: no longer waiting
+    waiting = [asyncio.create_task(batcher(items(v))) for v in "23"]
+    await asyncio.sleep(0.05)
+    with pytest.raises(Overloaded, match="2 encode calls are already waiting"):
+        await batcher(items("4"))
+    tower.gate.set()
+    await asyncio.gather(first, *waiting)
+    assert values(await batcher(items("5"))) == [5]  # the queue drained: served again
+
+
+async def test_a_cancelled_waiting_call_frees_its_place_at_once(worker, caplog) -> None:
+    tower = Tower()
+    batcher = batcher_for(tower, worker, size=8, max_waiting=1)
+    first = await hold_the_tower(tower, batcher)
+    left = asyncio.create_task(batcher(items("2")))
+    await asyncio.sleep(0.05)
+    with caplog.at_level("INFO", logger="services.encoder.batcher"):
+        left.cancel()
+        await asyncio.sleep(0)
+    assert "cancelled by its caller" in caplog.text
+    stays = asyncio.create_task(batcher(items("3")))  # the tower is still busy
+    await asyncio.sleep(0.05)
+    tower.gate.set()
+    assert values(await first) == [1] and values(await stays) == [3]
+    assert tower.batches == [[1], [3]]
