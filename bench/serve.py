@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 import openai
-from openai.types.chat import ChatCompletionContentPartParam
+from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 from rich import box
 from rich.console import Console
@@ -105,18 +105,24 @@ def user_content(mix: str, index: int) -> Content:
     return parts
 
 
+def first_turn(content: Content) -> list[ChatCompletionMessageParam]:
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+
+
 async def one_request(
-    client: openai.AsyncOpenAI, model: str, content: Content, max_tokens: int
-) -> Sample:
+    client: openai.AsyncOpenAI,
+    model: str,
+    messages: list[ChatCompletionMessageParam],
+    max_tokens: int,
+    sampling: dict[str, float] | None = None,
+) -> tuple[Sample, str]:
+    """One streamed request (greedy unless ``sampling`` says otherwise): its sample and text."""
     started = time.perf_counter()
     stream = await client.chat.completions.create(
         model=model,
-        messages=[
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": content},
-        ],
+        messages=messages,
         max_tokens=max_tokens,
-        temperature=0,
+        **(sampling or {"temperature": 0}),  # type: ignore[arg-type]
         # A token's logprob comes in the chunk that carries it, even when its text is empty
         # (a special token, or bytes of an unfinished character: random weights make many),
         # so TTFT and ITL time every token, not only the ones with visible text.
@@ -127,11 +133,13 @@ async def one_request(
     )
     arrivals: list[float] = []
     streamed = 0
+    text: list[str] = []
     usage = None
     async for chunk in stream:
         if chunk.usage is not None:
             usage = chunk.usage
         for choice in chunk.choices:
+            text.append(choice.delta.content or "")
             tokens = len(choice.logprobs.content or []) if choice.logprobs else 0
             if tokens:
                 arrivals.append(time.perf_counter())
@@ -143,7 +151,7 @@ async def one_request(
         raise RuntimeError(f"{streamed} tokens streamed, usage says {usage.completion_tokens}")
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     details = usage.prompt_tokens_details
-    return Sample(
+    sample = Sample(
         ttft_s=arrivals[0] - started,
         itl_s=statistics.mean(gaps) if gaps else None,
         e2e_s=ended - started,
@@ -151,6 +159,7 @@ async def one_request(
         cached_tokens=(details.cached_tokens or 0) if details else 0,
         completion_tokens=usage.completion_tokens,
     )
+    return sample, "".join(text)
 
 
 async def run_cell(
@@ -165,7 +174,8 @@ async def run_cell(
 
     async def limited(content: Content) -> Sample:
         async with gate:
-            return await one_request(client, model, content, max_tokens)
+            sample, _ = await one_request(client, model, first_turn(content), max_tokens)
+            return sample
 
     started = time.perf_counter()
     samples = await asyncio.gather(*(limited(content) for content in contents))
@@ -248,7 +258,8 @@ async def measure(
         # Warm-up, one request per mix: first calls allocate and pick kernels, and the system
         # prompt enters the prefix cache as it would after an agent's first step.
         for number, mix in enumerate(MIXES):
-            await one_request(client, model, user_content(mix, WARM_UP_INDEX + number), 4)
+            warm_up = first_turn(user_content(mix, WARM_UP_INDEX + number))
+            await one_request(client, model, warm_up, 4)
         before = scrape(url)
         cells: list[dict[str, Any]] = []
         index = 0  # every measured request gets its own task and media
@@ -306,13 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = BenchParser(
         "serve",
         __doc__,
-        quick={"requests": 2, "max_tokens": 16, "concurrency": [1, 2]},
+        quick={"requests": 2, "max_tokens": 16, "concurrency": [1, 2], "turns": 3},
         bundle_help="a quantized bundle (default: build one)",
         device_help="every service's device (cpu, cuda:N)",
     )
     parser.add_argument("--requests", type=int, default=8, help="requests per mix and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
+    parser.add_argument(
+        "--mix", choices=("media", "phone"), default="media",
+        help="media: the three media mixes; phone: PhoneAgent's multi-turn conversation on the "
+        "phone preset (bench/phone_agent.py), --concurrency clients of --turns turns",
+    )  # fmt: skip
+    parser.add_argument("--turns", type=int, default=10, help="phone mix: turns per client")
     args = parser.parse(argv)
     args.concurrency = sorted(set(args.concurrency))
     if args.concurrency[0] != 1:
@@ -322,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_tokens < 2:
         parser.error("--max-tokens must be at least 2: ITL needs two tokens")
     console = Console()
+
+    if args.mix == "phone":
+        return phone_main(args, console)
 
     log = args.output.with_name(f"{args.output.stem}-up.log")
     with prepared_bundle(args.bundle, console) as bundle:
@@ -343,6 +363,28 @@ def main(argv: list[str] | None = None) -> int:
     }
     print_table(report, console)
     return write_report(args.output, report, console, ok=metrics["agree"])
+
+
+def phone_main(args: argparse.Namespace, console: Console) -> int:
+    """The phone-agent mix on the phone preset (built unless --bundle), served as `make up`
+    serves an imported bundle: unquantized unless it holds a GPTQ checkpoint."""
+    # Imported here: bench/phone_agent.py builds on this module's request and counters.
+    from bench.phone_agent import measure_phone, print_turns
+
+    output = args.output.with_name(f"{args.output.stem}-phone.json")
+    log = output.with_name(f"{output.stem}-up.log")
+    with prepared_bundle(args.bundle, console, preset="phone") as bundle:
+        model = Bundle.load(bundle).served_model_name
+        with running_stack(bundle, args.device, log, console) as url:
+            cells, metrics = asyncio.run(measure_phone(url, model, args, console))
+    report: dict[str, Any] = {
+        "bench": "serve-phone",
+        "bundle": str(args.bundle or "phone preset (built, unquantized as `make up` serves it)"),
+        "model": model, "device": args.device, "max_tokens": args.max_tokens,
+        "turns": args.turns, "concurrency": args.concurrency, "cells": cells, "metrics": metrics,
+    }  # fmt: skip
+    print_turns(report, console)
+    return write_report(output, report, console, ok=metrics["agree"])
 
 
 if __name__ == "__main__":

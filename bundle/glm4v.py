@@ -94,13 +94,15 @@ PRESETS: dict[str, Glm4vPreset] = {
         mrope_section=(2, 3, 3), initializer_range=0.1, max_pixels=28 * 28 * 256,
         dtype=torch.float32, max_shard_size=None, vocab_multiple=1,
     ),
-    # ~150M text model with the real head_dim 128 and mRoPE sections, a 4-layer tower with the
-    # real patch/merge/pixel settings: real token counts (a 1080x2400 screenshot is 3,354).
+    # ~150M text model with the real head_dim 128 and mRoPE sections, and a tower with the real
+    # patch/merge/pixel settings (real token counts: a 1080x2400 screenshot is 3,354) but only
+    # 2 layers of width 192 (3 heads of 64): attention over a screenshot's 13,416 patches is
+    # ~0.28 TFLOP, a quarter of a 4 x 384 tower's, so a CPU benchmark encodes one per turn.
     "phone": Glm4vPreset(
         text=dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8,
                   num_key_value_heads=2, intermediate_size=3072, max_position_embeddings=32768),
-        vision=dict(depth=4, hidden_size=384, num_heads=6, out_hidden_size=1024,
-                    intermediate_size=3072),
+        vision=dict(depth=2, hidden_size=192, num_heads=3, out_hidden_size=1024,
+                    intermediate_size=768),
         mrope_section=REAL_MROPE_SECTION, initializer_range=0.02, max_pixels=MAX_PIXELS,
         dtype=torch.bfloat16, max_shard_size="100MB", vocab_multiple=128,
     ),

@@ -1,4 +1,4 @@
-"""The `autoglm` command: bundle init, bundle import, quantize, internal-token, serve <service>, up.
+"""The `autoglm` command: bundle init/import/memory, quantize, internal-token, serve <service>, up.
 
 Every service is configured the same way: its frozen dataclass config becomes the flags
 (``services.common.config``). Heavy imports happen only for the subcommand that runs.
@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     imports.add_argument("--served-model-name", default=SERVED_MODEL_NAME)
     imports.set_defaults(run="bundle.hf_import:cli")
+    memory = bundle_commands.add_parser(
+        "memory", help="each service's weight memory (FP16 and as served) from the config"
+    )
+    memory.add_argument("path", help="a bundle, or a Hugging Face checkpoint folder")
+    memory.add_argument("--context-tokens", type=int, default=32768, help="for the KV cache line")
+    memory.set_defaults(run="bundle.memory:cli")
 
     token = commands.add_parser(
         "internal-token", help="write a random internal gRPC token file (0600) unless it exists"

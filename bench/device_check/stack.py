@@ -29,7 +29,7 @@ from bench.device_check.runner import Check, Probe
 from bundle.layout import Bundle
 from services.common import auth
 from services.health_probe import http_ready
-from services.launcher import SERVICES
+from services.launcher import services_for
 from testkit.media import audio_bytes, b64, data_url, image_bytes
 from testkit.processes import Up, alive
 
@@ -57,7 +57,8 @@ class LaunchedStack:
         self.url = self.up.wait_for_url(READY_TIMEOUT_S)
         probe.record(ready_s=time.monotonic() - started, url=self.url)
         probe.require(http_ready(f"{self.url}/health"), "the gateway's /health answers 200")
-        probe.require(sorted(self.up.children()) == sorted(SERVICES), "up started all four")
+        needed = services_for(Bundle.load(self.bundle))
+        probe.require(sorted(self.up.children()) == sorted(needed), "up: the bundle's services")
 
     def require_started(self) -> None:
         if not self.url:
