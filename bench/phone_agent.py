@@ -21,7 +21,7 @@ import json
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionUserMessageParam
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -30,6 +30,7 @@ from bench.serve import (
     REQUEST_TIMEOUT_S,
     SYSTEM_PROMPT,
     Sample,
+    Sampling,
     cross_check,
     one_request,
     percentile,
@@ -51,7 +52,7 @@ TASKS = (
     "Play the latest video of a followed channel on Bilibili.",
 )
 # PhoneAgent's sampling (phone_agent.model.ModelConfig defaults); max_tokens is the bench's.
-SAMPLING = {"temperature": 0.0, "top_p": 0.85, "frequency_penalty": 0.2}
+SAMPLING = Sampling(temperature=0.0, top_p=0.85, frequency_penalty=0.2)
 Messages = list[ChatCompletionMessageParam]
 
 
@@ -60,7 +61,9 @@ def screenshot_url(client: int, turn: int) -> str:
     return f"data:image/png;base64,{b64(image_bytes('PNG', SCREEN, seed=client * 1000 + turn))}"
 
 
-def user_message(task: str, client: int, turn: int, screenshot: str) -> ChatCompletionMessageParam:
+def user_message(
+    task: str, client: int, turn: int, screenshot: str
+) -> ChatCompletionUserMessageParam:
     """PhoneAgent's user message: the screenshot first, then the task (first turn) or the
     screen-info header, with the screen info as JSON (MessageBuilder.build_screen_info)."""
     info = json.dumps({"current_app": APPS[(client + turn) % len(APPS)]}, ensure_ascii=False)
@@ -74,12 +77,12 @@ def user_message(task: str, client: int, turn: int, screenshot: str) -> ChatComp
     }
 
 
-def without_images(message: ChatCompletionMessageParam) -> ChatCompletionMessageParam:
+def without_images(message: ChatCompletionUserMessageParam) -> ChatCompletionUserMessageParam:
     """MessageBuilder.remove_images_from_message: only the text parts stay."""
-    content = message.get("content")
-    if not isinstance(content, list):
+    content = message["content"]
+    if isinstance(content, str):
         return message
-    return {**message, "content": [p for p in content if p.get("type") == "text"]}  # type: ignore[typeddict-item]
+    return {"role": "user", "content": [p for p in content if p["type"] == "text"]}
 
 
 async def conversation(
@@ -95,10 +98,11 @@ async def conversation(
     messages: Messages = [{"role": "system", "content": system_prompt}]
     samples: list[Sample] = []
     for turn, screenshot in enumerate(screenshots):
-        messages.append(user_message(task, index, turn, screenshot))
+        user = user_message(task, index, turn, screenshot)
+        messages.append(user)
         sample, text = await one_request(client, model, messages, max_tokens, SAMPLING)
         samples.append(sample)
-        messages[-1] = without_images(messages[-1])
+        messages[-1] = without_images(user)
         messages.append({"role": "assistant", "content": text})
     return samples
 

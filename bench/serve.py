@@ -76,6 +76,16 @@ CITIES = ("Beijing", "Shanghai", "Hangzhou", "Shenzhen", "Chengdu", "Wuhan", "Xi
 
 
 @dataclasses.dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    frequency_penalty: float = 0.0
+
+
+GREEDY = Sampling()
+
+
+@dataclasses.dataclass(frozen=True)
 class Sample:
     """One streamed request as the client saw it."""
 
@@ -114,15 +124,17 @@ async def one_request(
     model: str,
     messages: list[ChatCompletionMessageParam],
     max_tokens: int,
-    sampling: dict[str, float] | None = None,
+    sampling: Sampling = GREEDY,
 ) -> tuple[Sample, str]:
-    """One streamed request (greedy unless ``sampling`` says otherwise): its sample and text."""
+    """One streamed request: its sample and its text."""
     started = time.perf_counter()
     stream = await client.chat.completions.create(
         model=model,
         messages=messages,
         max_tokens=max_tokens,
-        **(sampling or {"temperature": 0}),  # type: ignore[arg-type]
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        frequency_penalty=sampling.frequency_penalty,
         # A token's logprob comes in the chunk that carries it, even when its text is empty
         # (a special token, or bytes of an unfinished character: random weights make many),
         # so TTFT and ITL time every token, not only the ones with visible text.

@@ -20,7 +20,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import Glm4ForCausalLM, Glm4vConfig, Glm4vForConditionalGeneration
+from transformers import (
+    Glm4Config,
+    Glm4ForCausalLM,
+    Glm4vConfig,
+    Glm4vForConditionalGeneration,
+)
 from transformers.configuration_utils import PretrainedConfig
 
 from bundle.hf_import import read_config
@@ -99,7 +104,9 @@ def _meta_model(config: PretrainedConfig) -> nn.Module:
     with torch.device("meta"):
         if isinstance(config, Glm4vConfig):
             return Glm4vForConditionalGeneration(config)
-        return Glm4ForCausalLM(config)
+        if isinstance(config, Glm4Config):
+            return Glm4ForCausalLM(config)
+    raise ValueError(f"no memory estimate for a {type(config).__name__}")
 
 
 def estimate(config: PretrainedConfig) -> MemoryEstimate:
@@ -108,6 +115,7 @@ def estimate(config: PretrainedConfig) -> MemoryEstimate:
     text = config.get_text_config()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     kv = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * FP16
+    parts: tuple[PartMemory, ...]
     if isinstance(config, Glm4vConfig):
         language = "model.language_model."
         parts = (
