@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from services.health_probe import GRPC_SERVICE_NAMES, grpc_ready, http_ready
@@ -39,10 +39,17 @@ def alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
-def autoglm(arguments: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """`python -m services.cli ARGUMENTS`, configured by its flags alone: the caller's
-    ``AUTOGLM_*`` variables are left out, so a developer's settings cannot leak into a test."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOGLM_")}
+def autoglm(
+    arguments: Sequence[str], log_path: Path, settings: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m services.cli ARGUMENTS`, configured by its flags and ``settings`` (``AUTOGLM_*``
+    variables) alone: the caller's own ``AUTOGLM_*`` variables are left out, so a developer's
+    settings cannot leak into a test."""
+    settings = dict(settings or {})
+    foreign = sorted(name for name in settings if not name.startswith("AUTOGLM_"))
+    if foreign:
+        raise ValueError(f"settings are AUTOGLM_* variables, got {foreign}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOGLM_")} | settings
     env["PYTHONUNBUFFERED"] = "1"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "services.cli", *arguments]
@@ -102,13 +109,15 @@ def spawn(
     log_dir: Path,
     args: Sequence[str] = (),
     port: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ServiceProcess:
-    """Start `autoglm serve KIND` on a free port; call wait_ready() before using it."""
+    """Start `autoglm serve KIND` on a free port, with the ``AUTOGLM_*`` settings in ``env``;
+    call wait_ready() before using it."""
     port = port or free_port()
     log_path = log_dir / f"{kind}-{port}.log"
     arguments = ["serve", kind, "--port", str(port), "--bundle", str(bundle), *args]
     return ServiceProcess(
-        kind=kind, port=port, proc=autoglm(arguments, log_path), log_path=log_path
+        kind=kind, port=port, proc=autoglm(arguments, log_path, env), log_path=log_path
     )
 
 

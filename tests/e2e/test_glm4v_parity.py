@@ -21,12 +21,16 @@ from transformers import AutoTokenizer, Glm4vForConditionalGeneration
 
 from gateway.reasoning import token_bytes
 from services import cli
-from testkit.processes import ServiceProcess, free_port, spawn
+from testkit.processes import ServiceProcess, spawn
 from tests.glm4v import CONVERSATIONS, as_template_messages, reference_inputs
 
 pytestmark = pytest.mark.stack
 TOKENS = 24
 LOGPROB_TOLERANCE = 2e-3
+# Every stage in fp32, quantization off.
+VISION_FP32 = {"AUTOGLM_VISION_QUANTIZATION": "none", "AUTOGLM_VISION_OUTPUT_DTYPE": "float32"}
+DECODER_FP32 = {"AUTOGLM_DECODER_QUANT": "none", "AUTOGLM_DECODER_DTYPE": "float32"}
+GATEWAY_FP32 = {"AUTOGLM_GATEWAY_FUSION_DTYPE": "float32"}
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +39,18 @@ def served(glm4v_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("glm4v-parity")
     checkpoint = Path(shutil.copytree(glm4v_checkpoint, root / "GLM-4.1V"))
     assert cli.main(["bundle", "import", str(checkpoint)]) == 0
-    vision = spawn(
-        "vision", checkpoint, root, ["--quantization", "none", "--output-dtype", "float32"]
-    )
-    decoder = spawn("decoder", checkpoint, root, ["--quant", "none", "--dtype", "float32"])
+    # Configured through the variables a deployment sets, which proves they are wired.
+    vision = spawn("vision", checkpoint, root, env=VISION_FP32)
+    decoder = spawn("decoder", checkpoint, root, env=DECODER_FP32)
     started: list[ServiceProcess] = [vision, decoder]
     try:
         vision.wait_ready()
         decoder.wait_ready()
+        # No audio target: the bundle has no audio part, so the gateway never calls one.
         gateway = spawn(
             "gateway", checkpoint, root,
-            ["--vision-target", vision.target, "--decoder-target", decoder.target,
-             "--audio-target", f"127.0.0.1:{free_port()}", "--fusion-dtype", "float32"],
+            ["--vision-target", vision.target, "--decoder-target", decoder.target],
+            env=GATEWAY_FP32,
         )  # fmt: skip
         started.append(gateway)
         gateway.wait_ready()
