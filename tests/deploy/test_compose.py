@@ -1,29 +1,65 @@
 """docker-compose.yml: valid per the Compose specification, and sound where the schema is silent:
 one GPU per service, every dependency defined, every command a real `autoglm` command, only the
-gateway's port published, and the model services behind a generated internal token."""
+gateway's port published, the model services behind a generated internal token, and the audio
+service and the decoder's quantization as profiles that `.env` turns on for the default bundle,
+so that a GLM-4.1V bundle (no audio part, not quantized) comes up without them."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
+from bundle.layout import DEFAULT, GLM4V, PARTS, Bundle
 from services.health_probe import GRPC_SERVICE_NAMES
+from services.launcher import services_for
 from tests.deploy.autoglm_args import parse_autoglm, service_config, undeclared_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOTENV = ROOT / ".env"
 GPU_SERVICES = ("vision", "audio", "decoder")
 SERVERS = (*GPU_SERVICES, "gateway")
 PORTS = {"vision": 50051, "audio": 50052, "decoder": 50053, "gateway": 8000}
 
 
-def load(path: Path = COMPOSE_FILE) -> dict[str, Any]:
-    return dict(yaml.safe_load(path.read_text()))
+# An imported GLM-4.1V bundle before `autoglm quantize`, as docker-compose.yml documents it.
+IMPORTED = {"COMPOSE_PROFILES": "", "AUTOGLM_DECODER_QUANT": "none"}
+
+
+def dotenv() -> dict[str, str]:
+    """The variables `.env` sets (compose reads it from the project directory)."""
+    lines = [line.strip() for line in DOTENV.read_text().splitlines()]
+    pairs = [line.split("=", 1) for line in lines if line and not line.startswith("#")]
+    return {name: value for name, value in pairs}
+
+
+def load(path: Path = COMPOSE_FILE, variables: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The file with ``${NAME:-default}`` replaced as compose does, from ``variables``
+    (default: `.env`)."""
+    values = dotenv() if variables is None else variables
+
+    def value(match: re.Match[str]) -> str:
+        return values.get(match[1]) or match[2]
+
+    return dict(yaml.safe_load(re.sub(r"\$\{(\w+):-([^}]*)\}", value, path.read_text())))
+
+
+def enabled(compose: dict[str, Any], variables: Mapping[str, str] | None = None) -> set[str]:
+    """The services `docker compose up` starts with COMPOSE_PROFILES from ``variables``."""
+    values = dotenv() if variables is None else variables
+    profiles = set(values.get("COMPOSE_PROFILES", "").split(","))
+    return {
+        name
+        for name, service in compose["services"].items()
+        if "profiles" not in service or profiles & set(service["profiles"])
+    }
 
 
 def validate(path: Path) -> subprocess.CompletedProcess[str]:
@@ -57,14 +93,19 @@ def gpu_problems(compose: dict[str, Any]) -> list[str]:
     return problems
 
 
-def dependency_problems(compose: dict[str, Any]) -> list[str]:
+def dependency_problems(compose: dict[str, Any], started: set[str] | None = None) -> list[str]:
+    """Dependencies on undefined services, and, of the ``started`` services, required ones on a
+    service no active profile enables (compose refuses to start then)."""
     services = compose["services"]
-    return [
-        f"{name} depends on undefined {target}"
-        for name, service in services.items()
-        for target in service.get("depends_on", {})
-        if target not in services
-    ]
+    started = set(services) if started is None else started
+    problems = []
+    for name, service in services.items():
+        for target, rule in service.get("depends_on", {}).items():
+            if target not in services:
+                problems.append(f"{name} depends on undefined {target}")
+            elif name in started and target not in started and rule.get("required", True):
+                problems.append(f"{name} requires {target}, which is not started")
+    return problems
 
 
 def mounts(service: dict[str, Any]) -> dict[PurePosixPath, tuple[str, bool]]:
@@ -208,8 +249,11 @@ def test_model_services_use_the_one_gpu_they_see_and_are_health_gated(name: str)
 def test_the_gateway_starts_once_every_backend_is_healthy() -> None:
     services = load()["services"]
     gateway = services["gateway"]
+    # The audio service only when its profile is on.
     assert {name: rule for name, rule in gateway["depends_on"].items() if name in SERVERS} == {
-        name: {"condition": "service_healthy"} for name in GPU_SERVICES
+        "vision": {"condition": "service_healthy"},
+        "audio": {"condition": "service_healthy", "required": False},
+        "decoder": {"condition": "service_healthy"},
     }
     args = parse_autoglm(gateway["command"], gateway["environment"])
     targets = (args.vision_target, args.audio_target, args.decoder_target)
@@ -239,5 +283,44 @@ def test_the_bundle_is_built_and_quantized_once_before_the_servers_start() -> No
         # The servers read the bundle; only the init services write it.
         assert services[name]["volumes"][0] == "models:/models:ro"
     assert services["decoder"]["depends_on"]["quantize"] == {
-        "condition": "service_completed_successfully"
+        "condition": "service_completed_successfully",
+        "required": False,
     }
+
+
+def bundle_of(architecture: str, parts: tuple[str, ...]) -> Bundle:
+    return Bundle(Path("/models/default"), "autoglm-phone-9b", {p: p for p in parts}, architecture)
+
+
+def test_env_turns_on_audio_and_quantization_for_the_default_bundle() -> None:
+    compose = load()
+    profiles = {n: s["profiles"] for n, s in compose["services"].items() if "profiles" in s}
+    assert profiles == {"audio": ["audio"], "quantize": ["quantize"]}
+    started = enabled(compose)
+    assert started == set(compose["services"])
+    assert dependency_problems(compose, started) == []
+    # Every service the default bundle needs is up, and its decoder serves the GPTQ checkpoint.
+    assert set(services_for(bundle_of(DEFAULT, PARTS))) <= started
+    decoder = compose["services"]["decoder"]
+    assert service_config(decoder["command"], decoder["environment"]).quantization == "gptq"
+
+
+def test_an_imported_glm4v_bundle_comes_up_without_audio_or_quantization() -> None:
+    compose = load(variables=IMPORTED)
+    started = enabled(compose, IMPORTED)
+    assert started == {"internal-token", "bundle", "vision", "decoder", "gateway"}
+    # Nothing started waits for what is left out, and the gateway's /health asks for no audio.
+    assert dependency_problems(compose, started) == []
+    assert set(services_for(bundle_of(GLM4V, ("decoder", "vision", "fusion")))) <= started
+    decoder = compose["services"]["decoder"]
+    assert service_config(decoder["command"], decoder["environment"]).quantization == "none"
+    # `bundle init` keeps a bundle that is already on the volume.
+    assert "--force" not in compose["services"]["bundle"]["command"]
+
+
+def test_a_gateway_that_requires_the_audio_service_is_found() -> None:
+    compose = load(variables=IMPORTED)
+    del compose["services"]["gateway"]["depends_on"]["audio"]["required"]
+    assert dependency_problems(compose, enabled(compose, IMPORTED)) == [
+        "gateway requires audio, which is not started"
+    ]

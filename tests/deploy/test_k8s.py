@@ -1,7 +1,8 @@
 """deploy/k8s: every manifest valid against the Kubernetes API schemas (kubernetes-validate,
 offline), and wired together where the schemas are silent: GPUs, named gRPC probes, selectors,
 headless Services behind the gateway's dns:/// targets, real `autoglm` commands, the internal
-token mounted from one Secret, and a NetworkPolicy that lets only the gateway in."""
+token mounted from one Secret, and a NetworkPolicy that lets only the gateway in. The audio
+service is a folder of its own, applied only for a bundle with an audio part."""
 
 from __future__ import annotations
 
@@ -17,15 +18,19 @@ from services.health_probe import GRPC_SERVICE_NAMES
 from tests.deploy.autoglm_args import parse_autoglm, service_config, undeclared_variables
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+K8S = ROOT / "deploy" / "k8s"
+# `kubectl apply -f deploy/k8s/` (not recursive) for every bundle; audio/ only with an audio part.
+CORE_MANIFESTS = sorted(K8S.glob("*.yaml"))
+AUDIO_MANIFESTS = sorted((K8S / "audio").glob("*.yaml"))
+MANIFESTS = [*CORE_MANIFESTS, *AUDIO_MANIFESTS]
 GPU_SERVICES = ("vision", "audio", "decoder")
 SERVERS = (*GPU_SERVICES, "gateway")
 TOKEN_SECRET = "autoglm-internal-token"
 PORTS = {"vision": 50051, "audio": 50052, "decoder": 50053, "gateway": 8000}
 
 
-def resources() -> list[dict[str, Any]]:
-    return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+def resources(manifests: list[Path] = MANIFESTS) -> list[dict[str, Any]]:
+    return [doc for path in manifests for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def of_kind(kind: str) -> dict[str, dict[str, Any]]:
@@ -137,6 +142,18 @@ def test_every_container_runs_a_real_autoglm_command(pod: str) -> None:
     for container in pod_specs()[pod]["containers"]:
         parse_autoglm(container["args"], environment(container))
         assert undeclared_variables(environment(container)) == []
+
+
+def test_the_audio_service_is_applied_apart_and_the_gateway_does_not_need_it() -> None:
+    core = resources(CORE_MANIFESTS)
+    assert {r["metadata"]["name"] for r in resources(AUDIO_MANIFESTS)} == {"audio"}
+    assert "audio" not in {r["metadata"]["name"] for r in core if r["kind"] != "NetworkPolicy"}
+    gateway = main_container(of_kind("Deployment")["gateway"])
+    spec = of_kind("Deployment")["gateway"]["spec"]["template"]["spec"]
+    # It waits for the bundle only (no init container or probe on the audio service).
+    waits = [" ".join(c.get("command", [])) for c in spec["initContainers"]]
+    assert all("audio" not in wait for wait in waits)
+    assert "audio" not in str(gateway["readinessProbe"]) + str(gateway["livenessProbe"])
 
 
 def test_the_job_builds_then_quantizes_the_bundle() -> None:
