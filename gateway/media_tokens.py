@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bundle.layout import Bundle
 
@@ -29,13 +29,13 @@ ImageTokens = Callable[[int, int], int]  # (height, width) -> tokens
 AudioTokens = Callable[[int, int], int]  # (frames, sample rate) -> tokens
 
 
-def _json(folder: Path, name: str) -> dict[str, object]:
+def _json(folder: Path, name: str) -> dict[str, Any]:
     return dict(json.loads((folder / name).read_text()))
 
 
 def _patch_tokens(vision: Path) -> ImageTokens:
     config = _json(vision, "config.json")
-    config = dict(config.get("vision_config", config))  # type: ignore[call-overload]
+    config = config.get("vision_config", config)
     per_side = int(config["image_size"]) // int(config["patch_size"])
     return lambda height, width: per_side * per_side
 
@@ -46,8 +46,8 @@ def _grid_tokens(layout: ImageLayout) -> ImageTokens:
 
 def _conv_frames(audio: Path) -> AudioTokens:
     config = _json(audio, "config.json")
-    rate_out = int(_json(audio, "preprocessor_config.json")["sampling_rate"])  # type: ignore[call-overload]
-    layers = list(zip(config["conv_kernel"], config["conv_stride"], strict=True))  # type: ignore[call-overload]
+    rate_out = int(_json(audio, "preprocessor_config.json")["sampling_rate"])
+    layers = list(zip(config["conv_kernel"], config["conv_stride"], strict=True))
 
     def tokens(frames: int, rate: int) -> int:
         length = frames * rate_out // rate
