@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 from bundle.build import build_bundle
 from bundle.glm4v import build_glm4v_checkpoint
@@ -36,6 +37,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ]
     if unmarked:
         raise pytest.UsageError("mark these tests @pytest.mark.stack:\n" + "\n".join(unmarked))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The in-process tests run thousands of tensor ops on tiny shapes: fanned out over torch's
+    threads, each one costs more CPU than it saves, and on a busy machine the idle workers spin
+    for a core they do not get (several times the CPU time). Processes the tests start keep
+    their own setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -68,15 +68,6 @@ def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
         yield patch
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small matrices: one thread is faster, and much faster on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def embed(tokenizer: PreTrainedTokenizerBase, model: BertModel, texts: list[str]) -> torch.Tensor:
     """Mean-pooled, normalized sentence embeddings, as sentence-transformers computes them."""
     batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
