@@ -2,7 +2,7 @@
 
 For FP32, BF16, GPTQ-4bit, NF4 and INT8 (the quantized ones keep their other weights in
 bf16, as a GPTQ checkpoint stores them in 16 bits; GPTQ-4bit is also run with fp32 elsewhere,
-the CPU default):
+the CPU default, and with its lm_head quantized too, ``autoglm quantize --lm-head``):
 
 - decoder weight bytes per component;
 - decode latency per step at batch 1 and 16, on the serving engine (``services.decoder``) on
@@ -59,12 +59,14 @@ class Variant:
     name: str
     quant: str
     dtype: str
+    lm_head: bool = False  # GPTQ of the lm_head as well
 
 
 VARIANTS = (
     Variant("FP32", "none", "float32"),
     Variant("BF16", "none", "bfloat16"),
     Variant("GPTQ-4bit", "gptq", "bfloat16"),
+    Variant("GPTQ-4bit + lm_head", "gptq", "bfloat16", lm_head=True),
     Variant("GPTQ-4bit (fp32 rest)", "gptq", "float32"),
     Variant("NF4", "nf4", "bfloat16"),
     Variant("INT8", "int8", "bfloat16"),
@@ -233,6 +235,15 @@ def split_text(text: str, folder: Path) -> tuple[Path, str]:
     return path, text[cut:]
 
 
+def linked_bundle(bundle: Bundle, root: Path) -> Bundle:
+    """A second bundle sharing every part of ``bundle`` but the GPTQ checkpoint (symlinks)."""
+    root.mkdir()
+    for path in bundle.root.iterdir():
+        if path != bundle.decoder_gptq:
+            (root / path.name).symlink_to(path.resolve())
+    return Bundle.load(root)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = BenchParser(
         "quant",
@@ -254,10 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         bundle = Bundle.load(args.bundle) if args.bundle else build_bundle(Path(tmp) / "b", "bench")
         calibration, held_out = split_text(DEFAULT_CALIBRATION.read_text(), Path(tmp))
         started = time.perf_counter()
-        quantize = ["quantize", str(bundle.root), "--calibration", str(calibration)]
-        if autoglm([*quantize, "--samples", str(args.samples)]) != 0:
+        flags = ["--calibration", str(calibration), "--samples", str(args.samples)]
+        if autoglm(["quantize", str(bundle.root), *flags]) != 0:
             return 1
         quantize_s = time.perf_counter() - started
+        with_head = linked_bundle(bundle, Path(tmp) / "lm-head")
+        if autoglm(["quantize", str(with_head.root), "--lm-head", *flags]) != 0:
+            return 1
+        bundles = {False: bundle, True: with_head}  # by Variant.lm_head
 
         tokens = AutoTokenizer.from_pretrained(bundle.decoder)(held_out, verbose=False)
         eval_ids = calibration_ids(tokens["input_ids"], 4, 128)
@@ -267,9 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         del fp32
         results: list[dict[str, Any]] = []
         for variant in VARIANTS:
-            result = dataclasses.asdict(variant) | distortion(bundle, variant, eval_ids, reference)
-            results.append(result)
-        engines = {v.name: load_engine(bundle, v, args.prompt, args.device) for v in VARIANTS}
+            scores = distortion(bundles[variant.lm_head], variant, eval_ids, reference)
+            results.append(dataclasses.asdict(variant) | scores)
+        engines = {
+            v.name: load_engine(bundles[v.lm_head], v, args.prompt, args.device) for v in VARIANTS
+        }
         for result in results:
             result["weight_bytes"] = weight_bytes(engines[result["name"]].model)
         steps = latencies(engines, args, console)
