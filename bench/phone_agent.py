@@ -26,6 +26,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from bench.bundles import prepared_bundle
+from bench.report import write_report
 from bench.serve import (
     REQUEST_TIMEOUT_S,
     SYSTEM_PROMPT,
@@ -34,8 +36,10 @@ from bench.serve import (
     cross_check,
     one_request,
     percentile,
+    running_stack,
     scrape,
 )
+from bundle.layout import Bundle
 from testkit.media import b64, image_bytes
 
 SCREEN = (1080, 2400)  # a phone screenshot, width x height
@@ -188,3 +192,22 @@ def print_turns(report: dict[str, Any], console: Console) -> None:
             f"concurrency {cell['concurrency']}: last turn / turn 1 TTFT "
             f"{cell['last_vs_first_ttft']:.2f}x (issue 12 target <= 1.5x)"
         )
+
+
+def run_phone_mix(args: argparse.Namespace, console: Console) -> int:
+    """The phone-agent mix on the phone preset (built unless --bundle), served as `make up`
+    serves an imported bundle: unquantized unless it holds a GPTQ checkpoint."""
+    output = args.output.with_name(f"{args.output.stem}-phone.json")
+    log = output.with_name(f"{output.stem}-up.log")
+    with prepared_bundle(args.bundle, console, preset="phone") as bundle:
+        model = Bundle.load(bundle).served_model_name
+        with running_stack(bundle, args.device, log, console) as url:
+            cells, metrics = asyncio.run(measure_phone(url, model, args, console))
+    report: dict[str, Any] = {
+        "bench": "serve-phone",
+        "bundle": str(args.bundle or "phone preset (built, unquantized as `make up` serves it)"),
+        "model": model, "device": args.device, "max_tokens": args.max_tokens,
+        "turns": args.turns, "concurrency": args.concurrency, "cells": cells, "metrics": metrics,
+    }  # fmt: skip
+    print_turns(report, console)
+    return write_report(output, report, console, ok=metrics["agree"])

@@ -12,8 +12,10 @@ carry tokens (ITL), end-to-end latency and the usage chunk's token counts (which
 tokens streamed). Per cell: requests/s, output tokens/s and its ratio to concurrency 1
 in the same run, TTFT p50/p90, ITL p50, the cached fraction of the prompt tokens. GET /metrics is
 scraped before and after; its counters' deltas must equal what the client counted.
+``--mix phone`` runs PhoneAgent's multi-turn conversation instead (bench/phone_agent.py).
 
     python -m bench.serve [--quick] [--requests 8] [--concurrency 1 8] [--max-tokens 64]
+                          [--mix media|phone] [--turns 10]
                           [--bundle PATH] [--device cpu] [--output PATH]
 """
 
@@ -353,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
 
     if args.mix == "phone":
-        return phone_main(args, console)
+        # Imported here: bench/phone_agent.py builds on this module's request and counters.
+        from bench.phone_agent import run_phone_mix
+
+        return run_phone_mix(args, console)
 
     log = args.output.with_name(f"{args.output.stem}-up.log")
     with prepared_bundle(args.bundle, console) as bundle:
@@ -375,28 +380,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     print_table(report, console)
     return write_report(args.output, report, console, ok=metrics["agree"])
-
-
-def phone_main(args: argparse.Namespace, console: Console) -> int:
-    """The phone-agent mix on the phone preset (built unless --bundle), served as `make up`
-    serves an imported bundle: unquantized unless it holds a GPTQ checkpoint."""
-    # Imported here: bench/phone_agent.py builds on this module's request and counters.
-    from bench.phone_agent import measure_phone, print_turns
-
-    output = args.output.with_name(f"{args.output.stem}-phone.json")
-    log = output.with_name(f"{output.stem}-up.log")
-    with prepared_bundle(args.bundle, console, preset="phone") as bundle:
-        model = Bundle.load(bundle).served_model_name
-        with running_stack(bundle, args.device, log, console) as url:
-            cells, metrics = asyncio.run(measure_phone(url, model, args, console))
-    report: dict[str, Any] = {
-        "bench": "serve-phone",
-        "bundle": str(args.bundle or "phone preset (built, unquantized as `make up` serves it)"),
-        "model": model, "device": args.device, "max_tokens": args.max_tokens,
-        "turns": args.turns, "concurrency": args.concurrency, "cells": cells, "metrics": metrics,
-    }  # fmt: skip
-    print_turns(report, console)
-    return write_report(output, report, console, ok=metrics["agree"])
 
 
 if __name__ == "__main__":
