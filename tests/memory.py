@@ -36,8 +36,12 @@ def peak_growth_bytes(call: Callable[[], T]) -> tuple[T, int]:
 
 
 def in_fresh_process(function: Callable[..., T], *args: object) -> T:
-    """``function(*args)`` in a new interpreter (spawned), so no memory that earlier work left
-    resident or cached (allocators, oneDNN scratchpads) can absorb its allocations. The function
-    must be importable by name (a module-level function)."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
+    """``function(*args)`` in a new process that has run nothing before it, so no memory that
+    earlier work left resident or cached (allocators, oneDNN scratchpads) can absorb its
+    allocations. The process is forked from a server that has only imported the function's
+    module (which must name it: a module-level function), so that import (torch, transformers:
+    seconds of CPU) is paid once, not per call."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([function.__module__])
+    with context.Pool(1) as pool:
         return pool.apply(function, args)
