@@ -25,6 +25,7 @@ import torch
 from gateway.chat import ChatPrompter, Prompt
 from gateway.clients import Deadline, ServiceClients
 from gateway.config import GatewayConfig
+from gateway.constraints import output_constraint
 from gateway.errors import ApiError, ContextLengthExceeded
 from gateway.fusion import FusionStage
 from gateway.media import Media, MediaLoader
@@ -37,7 +38,8 @@ from gateway.protocol import (
     ImagePart,
     MediaPart,
 )
-from gateway.reasoning import Delta, OutputParser, ReasoningOutput
+from gateway.reasoning import END_THINK, Delta, OutputParser, ReasoningOutput
+from services.decoder.constraint_spec import Constraint
 from services.decoder.positions import PositionIds
 from services.decoder.types import GenerateRequest, MultimodalSegment, TokenLogprob
 
@@ -231,8 +233,9 @@ class Pipeline:
             prompt.media_tokens("audio"), len(media),
         )  # fmt: skip
         parser = dict(thinking=body.thinking, reasoning=self._reasoning_output(body))
+        constraint = output_constraint(body, self.tokenizer.token_to_id(END_THINK))
         job = ("chatcmpl", body, request_id, deadline, prompt, segments, parser, positions)
-        return await self._job(*job)
+        return await self._job(*job, constraint=constraint)
 
     def _reasoning_output(self, body: ChatCompletionRequest) -> ReasoningOutput:
         """Inline (request field, else the server default) beats separate beats left out."""
@@ -286,6 +289,7 @@ class Pipeline:
         segments: tuple[MultimodalSegment, ...],
         parser: dict[str, Any],
         positions: PositionIds | None = None,
+        constraint: Constraint | None = None,
     ) -> Job:
         await self._check_context_length(body, len(prompt.input_ids), request_id)
         stopping = body.to_stopping_params(self.config.default_max_tokens)
@@ -298,6 +302,7 @@ class Pipeline:
                 stopping=stopping,
                 segments=segments,
                 positions=positions,
+                constraint=constraint,
             )
             for i in range(body.n)
         ]

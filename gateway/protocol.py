@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.unhonoured import ChatUnhonoured, CompletionUnhonoured
-from services.decoder.types import MAX_TOP_LOGPROBS, SamplingParams, StoppingParams
+from services.decoder.types import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SamplingParams, StoppingParams
 
 MAX_MESSAGES = 512
 MAX_PARTS = 256
@@ -26,6 +26,7 @@ MAX_STOP = 16
 MAX_STOP_CHARS = 256
 MAX_TOKENS = 1 << 20
 MAX_N = 8
+MAX_LOGIT_BIAS_TOKENS = 1024
 MAX_COMPLETION_LOGPROBS = 5
 MAX_NAME_CHARS = 256
 INT32_MAX = (1 << 31) - 1  # top_k and token ids travel as protobuf int32
@@ -207,8 +208,27 @@ class GenerationParams(Request):
     ignore_eos: bool = False
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: (
+        Annotated[
+            dict[str, Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]],
+            Field(max_length=MAX_LOGIT_BIAS_TOKENS),
+        ]
+        | None
+    ) = Field(None, description="token id (as a string) -> bias added to its logit")
+    min_p: float = Field(0.0, ge=0, le=1, description="vLLM extension; 0 disables it")
+    repetition_penalty: float = Field(
+        1.0, gt=0, le=2, description="vLLM extension (its semantics); 1 disables it"
+    )
     n: int = Field(1, ge=1, le=MAX_N)
     user: Name | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_keys(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for key in bias or {}:
+            if not key.isdigit() or int(key) > INT32_MAX:
+                raise ValueError(f"keys must be token ids, got {key[:20]!r}")
+        return bias
 
     @property
     def stop_strings(self) -> list[str]:
@@ -237,6 +257,9 @@ class GenerationParams(Request):
             frequency_penalty=self.frequency_penalty,
             logprobs=logprobs,
             top_logprobs=top,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias=tuple((int(t), b) for t, b in (self.logit_bias or {}).items()),
         )
 
     def to_stopping_params(self, default_max_tokens: int) -> StoppingParams:
@@ -308,6 +331,9 @@ class ChatCompletionRequest(GenerationParams, ChatInput, ChatUnhonoured):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     metadata: dict[str, str] | None = Field(None, description="accepted, not stored")
+    action_grammar: Literal["autoglm-phone"] | None = Field(
+        None, description="constrain the answer to one phone-agent action (Open-AutoGLM syntax)"
+    )
     return_reasoning: bool = Field(
         False, description="send the <think> text as reasoning_content and reasoning"
     )
@@ -320,13 +346,6 @@ class ChatCompletionRequest(GenerationParams, ChatInput, ChatUnhonoured):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
-
-    @field_validator("response_format")
-    @classmethod
-    def _only_text_format(cls, value: ResponseFormat | None) -> ResponseFormat | None:
-        if value is not None and value.type != "text":
-            raise ValueError(f"not supported by this server: {value.type}")
-        return value
 
     @field_validator("tool_choice")
     @classmethod

@@ -49,9 +49,6 @@ class GenerationUnhonoured(BaseModel):
     guided_grammar: Annotated[Any, refused(never, "use response_format")] = None
     structured_outputs: Annotated[Any, refused(never, "use response_format")] = None
     store: Annotated[Any, refused(equals(False), "stored completions")] = None
-    logit_bias: Annotated[Any, refused(equals({}), "logit_bias")] = None
-    min_p: Annotated[Any, refused(equals(0, 0.0), "min_p")] = None
-    repetition_penalty: Annotated[Any, refused(equals(1, 1.0), "repetition_penalty")] = None
     service_tier: Annotated[Any, refused(equals("auto", "default"), "service tiers")] = None
 
 

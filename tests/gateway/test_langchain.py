@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_openai import ChatOpenAI
+from pydantic import BaseModel, Field
 
 from testkit.media import data_url, image_bytes
 from tests.conftest import Stack
@@ -55,3 +58,22 @@ def test_inline_reasoning_reaches_langchain_users(stack: Stack) -> None:
     llm = chat_model(stack, keep_reasoning_inline=True, ignore_eos=True)
     text = "".join(str(chunk.content) for chunk in llm.stream("Think first."))
     assert text.startswith("<think>")
+
+
+class Plan(BaseModel):
+    """What the agent will do."""
+
+    app: Literal["Maps", "Settings", "Camera"]
+    steps: int = Field(ge=1, le=9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_with_structured_output_gives_the_schema_even_from_random_weights(
+    stack: Stack, seed: int
+) -> None:
+    llm = ChatOpenAI(
+        model=MODEL, base_url=stack.base_url, api_key="EMPTY",  # type: ignore[arg-type]
+        temperature=1.0, seed=seed, max_tokens=120,  # type: ignore[call-arg]
+    )  # fmt: skip
+    plan = llm.with_structured_output(Plan, method="json_schema").invoke("Open the maps.")
+    assert isinstance(plan, Plan)

@@ -166,3 +166,30 @@ def test_the_values_that_change_nothing_pass() -> None:
          metadata={"k": "v"}, response_format={"type": "text"}, tool_choice="none",
          parallel_tool_calls=True, echo=False, stream_options={"include_usage": True})  # fmt: skip
     CompletionRequest.model_validate({"model": "m", "prompt": "x", "suffix": "", "echo": False})
+
+
+def test_logit_bias_min_p_and_repetition_penalty_reach_the_sampler() -> None:
+    request = chat(logit_bias={"42": 100, "7": -100.0}, min_p=0.1, repetition_penalty=1.3)
+    params = request.to_sampling_params()
+    assert params.logit_bias == ((7, -100.0), (42, 100.0))  # sorted by id, as the decoder keeps it
+    assert (params.min_p, params.repetition_penalty) == (0.1, 1.3)
+    assert chat().to_sampling_params() == SamplingParams(temperature=1.0)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"logit_bias": {"42": 101}},
+        {"logit_bias": {"hello": 1}},
+        {"logit_bias": {"-1": 1}},
+        {"logit_bias": {"99999999999": 1}},
+        {"logit_bias": {str(i): 1 for i in range(2000)}},
+        {"min_p": 1.5},
+        {"repetition_penalty": 0},
+        {"repetition_penalty": 2.5},
+    ],
+)
+def test_sampling_extensions_out_of_range_are_refused(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError) as refused:
+        chat(**fields)
+    assert refused.value.errors()[0]["loc"][0] == next(iter(fields))
