@@ -108,7 +108,18 @@ def _template_message(message: Message, markers: _TextMarkers) -> dict[str, Any]
     role = "system" if isinstance(message, SystemMessage) else message.role
     rendered: dict[str, Any] = {"role": role, "content": _content(message.content, markers)}
     if isinstance(message, AssistantMessage) and message.tool_calls:
-        rendered["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+        # names and arguments are request text too: never parsed for special tokens
+        rendered["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": call.type,
+                "function": {
+                    "name": markers.mark(call.function.name),
+                    "arguments": markers.mark(call.function.arguments),
+                },
+            }
+            for call in message.tool_calls
+        ]
     if isinstance(message, ToolMessage):
         rendered["tool_call_id"] = message.tool_call_id
     return rendered
@@ -125,6 +136,16 @@ class ChatPrompter:
         # None: the model takes no such media (the pipeline refuses those parts before rendering)
         self.image_id = self._special_id(image_token) if image_token else None
         self.audio_id = self._special_id(audio_token) if audio_token else None
+        self.renders_tools = self._renders_tools()
+
+    def _renders_tools(self) -> bool:
+        """Whether the template shows offered tools to the model (GLM-4.1V's does not): tools
+        it would drop are refused rather than silently ignored."""
+        probe = {"type": "function", "function": {"name": "probe_tool", "parameters": {}}}
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}], tools=[probe], tokenize=False
+        )
+        return "probe_tool" in str(rendered)
 
     @classmethod
     def from_pretrained(
@@ -169,6 +190,8 @@ class ChatPrompter:
         extra = {
             k: v for k, v in (template_kwargs or {}).items() if k not in RESERVED_TEMPLATE_KWARGS
         }
+        if tools and not self.renders_tools:
+            raise InvalidInput("this model's chat template does not render tools")
         try:
             rendered = self.tokenizer.apply_chat_template(
                 conversation,

@@ -1,10 +1,11 @@
 """What a chat request's output must follow, as the decoder's ``Constraint``.
 
-``response_format`` ``json_object``/``json_schema`` and the opt-in ``action_grammar`` become a
-grammar the decoder enforces token by token (llguidance), so the answer parses even from random
-weights, unless ``max_tokens`` cuts it (``finish_reason: length``). With thinking on, the output
-is free until the tokenizer's ``</think>``, as vLLM's reasoning-aware structured outputs are;
-the constraint applies to the answer after it.
+``response_format`` ``json_object``/``json_schema``, a forced ``tool_choice`` (gateway.tools)
+and the opt-in ``action_grammar`` become a grammar the decoder enforces token by token
+(llguidance), so the answer parses even from random weights, unless ``max_tokens`` cuts it
+(``finish_reason: length``). With thinking on, the output is free until the tokenizer's
+``</think>``, as vLLM's reasoning-aware structured outputs are; the constraint applies to the
+answer after it.
 
 The ``autoglm-phone`` action grammar is one step of Open-AutoGLM's phone agent: ``<answer>`` and
 one action (``do(action="Tap", element=[x, y])``, ``finish(message="...")``...), then the end of
@@ -18,6 +19,7 @@ import json
 
 from gateway.errors import ApiError
 from gateway.protocol import ChatCompletionRequest, JsonObjectFormat, JsonSchemaFormat
+from gateway.tools import forced_call_grammar
 from services.decoder.constraint_spec import Constraint, ConstraintKind
 from services.decoder.grammars import phone_action_grammar
 
@@ -41,16 +43,27 @@ ACTION_GRAMMARS = {"autoglm-phone": autoglm_phone_grammar}
 def output_constraint(body: ChatCompletionRequest, end_think_id: int | None) -> Constraint | None:
     """The request's constraint, or None when its output is free."""
     fmt = body.response_format
-    if isinstance(fmt, JsonObjectFormat | JsonSchemaFormat) and body.action_grammar is not None:
-        raise ApiError(
-            "response_format and action_grammar cannot be combined", param="action_grammar"
+    asked = [
+        name
+        for name, given in (
+            ("response_format", isinstance(fmt, JsonObjectFormat | JsonSchemaFormat)),
+            ("action_grammar", body.action_grammar is not None),
+            ("tool_choice", bool(body.forced_tools)),
         )
+        if given
+    ]
+    if len(asked) > 1:
+        raise ApiError(f"{' and '.join(asked)} cannot be combined", param=asked[-1])
     start = end_think_id if body.thinking else None
     if isinstance(fmt, JsonObjectFormat):
         return Constraint(ConstraintKind.JSON_OBJECT, start_after_token_id=start)
     if isinstance(fmt, JsonSchemaFormat):
         schema = json.dumps(fmt.json_schema.schema_)
         return Constraint(ConstraintKind.JSON_SCHEMA, schema, start_after_token_id=start)
+    if body.forced_tools:
+        parallel = body.parallel_tool_calls is not False and body.tool_choice == "required"
+        grammar = forced_call_grammar(body.forced_tools, parallel)
+        return Constraint(ConstraintKind.LARK, grammar, start_after_token_id=start)
     if body.action_grammar is not None:
         grammar = ACTION_GRAMMARS[body.action_grammar]()
         return Constraint(ConstraintKind.LARK, grammar, start_after_token_id=start)

@@ -19,6 +19,7 @@ from gateway.errors import map_exception
 from gateway.pipeline import ChoiceEvent, Counts, Job
 from gateway.reasoning import token_bytes
 from gateway.responses import (
+    CalledFunction,
     ChatChoice,
     ChatCompletion,
     ChatCompletionChunk,
@@ -32,9 +33,12 @@ from gateway.responses import (
     DeltaMessage,
     PromptTokensDetails,
     TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
     TopLogprob,
     Usage,
 )
+from gateway.tools import ParsedCall
 from services.decoder import types as decoder
 
 log = logging.getLogger(__name__)
@@ -103,7 +107,8 @@ class Formatter:
             ChatChoice(
                 index=i,
                 message=ChatMessage(
-                    content=c.content,
+                    content=None if c.tool_calls and not c.content else c.content,
+                    tool_calls=[_tool_call(call) for call in c.tool_calls] or None,
                     reasoning_content=c.reasoning or None,
                     reasoning=c.reasoning or None,
                 ),
@@ -141,8 +146,13 @@ class Formatter:
                 text, thought = event.delta.content, event.delta.reasoning
                 if not (text or thought or event.finish_reason or event.logprobs):
                     continue
+                calls = [
+                    ToolCallDelta(index=k, **_tool_call(call).model_dump())
+                    for k, call in enumerate(event.tool_calls)
+                ]
                 delta = DeltaMessage(
                     content=text or None,
+                    tool_calls=calls or None,
                     reasoning_content=thought or None,
                     reasoning=thought or None,
                 )
@@ -211,6 +221,10 @@ class Formatter:
             yield line
 
 
+def _tool_call(call: ParsedCall) -> ToolCall:
+    return ToolCall(id=call.id, function=CalledFunction(name=call.name, arguments=call.arguments))
+
+
 def _event(payload: BaseModel) -> str:
     return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
 
@@ -234,6 +248,7 @@ class _Collected:
     reasoning: str = ""
     logprobs: list[decoder.TokenLogprob] = dataclasses.field(default_factory=list)
     finish_reason: str = "length"
+    tool_calls: tuple[ParsedCall, ...] = ()
 
 
 async def _collect(job: Job, events: AsyncIterator[ChoiceEvent]) -> list[_Collected]:
@@ -244,4 +259,5 @@ async def _collect(job: Job, events: AsyncIterator[ChoiceEvent]) -> list[_Collec
         choice.reasoning += event.delta.reasoning
         choice.logprobs += event.logprobs
         choice.finish_reason = event.finish_reason or choice.finish_reason
+        choice.tool_calls += event.tool_calls
     return choices

@@ -99,7 +99,8 @@ def check_input_size(body: ChatInput | PromptInput, config: GatewayConfig) -> No
         if isinstance(message, AssistantMessage)
         for call in message.tool_calls or ()
     ]
-    tool_bytes = len(json.dumps(body.tools)) if body.tools else 0
+    tools = [tool.model_dump(exclude_none=True) for tool in body.tools or ()]
+    tool_bytes = len(json.dumps(tools)) if tools else 0
     tool_bytes += sum(len(c.function.arguments) + len(c.function.name) for c in calls)
     if tool_bytes > config.max_tool_bytes:
         raise _too_large(

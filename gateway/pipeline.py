@@ -39,6 +39,7 @@ from gateway.protocol import (
     MediaPart,
 )
 from gateway.reasoning import END_THINK, Delta, OutputParser, ReasoningOutput
+from gateway.tools import CallExtractor, ParsedCall
 from services.decoder.constraint_spec import Constraint
 from services.decoder.positions import PositionIds
 from services.decoder.types import GenerateRequest, MultimodalSegment, TokenLogprob
@@ -52,6 +53,7 @@ class ChoiceEvent:
     delta: Delta
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: str | None = None
+    tool_calls: tuple[ParsedCall, ...] = ()  # with the last event, when the output was calls
 
 
 @dataclasses.dataclass
@@ -77,6 +79,7 @@ class Job:
     clients: ServiceClients
     deadline: Deadline
     counts: Counts
+    new_extractor: Callable[[], CallExtractor] | None = None  # when tool calls are parsed
 
     async def events(self) -> AsyncGenerator[ChoiceEvent]:
         """Every choice's events as they come; closing this early cancels every decoder call."""
@@ -108,6 +111,7 @@ class Job:
 
     async def _choice(self, index: int) -> AsyncIterator[ChoiceEvent]:
         parser = self.new_parser()
+        extractor = self.new_extractor() if self.new_extractor else None
         request = self.generate_requests[index]
         stream = self.clients.generate(request, self.request_id, self.deadline)
         async with contextlib.aclosing(stream):
@@ -122,9 +126,17 @@ class Job:
                     delta.content += tail.content
                     delta.reasoning += tail.reasoning
                     finish = output.finish_reason.value
+                calls: list[ParsedCall] = []
+                if extractor is not None:
+                    delta.content = extractor.feed(delta.content)
+                    if finish is not None:
+                        held, calls = extractor.finish()
+                        delta.content += held
+                        finish = "tool_calls" if calls else finish
                 if finish is not None:
                     self.counts.reasoning_tokens += parser.reasoning_tokens
-                yield ChoiceEvent(index, delta, output.logprobs[: delta.tokens], finish)
+                logprobs = output.logprobs[: delta.tokens]
+                yield ChoiceEvent(index, delta, logprobs, finish, tuple(calls))
                 if finish is not None:
                     return
         raise RuntimeError("the decoder's stream ended without a finish reason")
@@ -195,7 +207,7 @@ class Pipeline:
                 media_rows,
                 enable_thinking=body.thinking,
                 add_generation_prompt=body.add_generation_prompt,
-                tools=body.tools,
+                tools=[tool.model_dump(exclude_none=True) for tool in body.tools or ()] or None,
                 template_kwargs=dict(body.chat_template_kwargs or {}),
             )
         )
@@ -235,7 +247,12 @@ class Pipeline:
         parser = dict(thinking=body.thinking, reasoning=self._reasoning_output(body))
         constraint = output_constraint(body, self.tokenizer.token_to_id(END_THINK))
         job = ("chatcmpl", body, request_id, deadline, prompt, segments, parser, positions)
-        return await self._job(*job, constraint=constraint)
+        prepared = await self._job(*job, constraint=constraint)
+        if body.parses_tool_calls:
+            names = {tool.function.name for tool in body.tools or ()}
+            forced = bool(body.forced_tools)
+            prepared.new_extractor = lambda: CallExtractor(names, forced)
+        return prepared
 
     def _reasoning_output(self, body: ChatCompletionRequest) -> ReasoningOutput:
         """Inline (request field, else the server default) beats separate beats left out."""

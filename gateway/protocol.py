@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.tools import Tool
 from gateway.unhonoured import ChatUnhonoured, CompletionUnhonoured
 from services.decoder.types import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SamplingParams, StoppingParams
 
@@ -275,7 +276,7 @@ class ChatInput(Request):
     completions and /tokenize, so both render the same prompt)."""
 
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
-    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_PARTS)] | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_PARTS)] | None = None
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description=f"only {', '.join(TEMPLATE_KWARGS)}; any other key is refused"
     )
@@ -347,12 +348,29 @@ class ChatCompletionRequest(GenerationParams, ChatInput, ChatUnhonoured):
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
 
-    @field_validator("tool_choice")
-    @classmethod
-    def _only_free_tool_choice(cls, value: ToolChoice | None) -> ToolChoice | None:
-        if value not in (None, "none", "auto"):
-            raise ValueError("not supported by this server: forced tool calls")
-        return value
+    @model_validator(mode="after")
+    def _tool_choice_names_an_offered_tool(self) -> ChatCompletionRequest:
+        names = {tool.function.name for tool in self.tools or ()}
+        choice = self.tool_choice
+        if choice == "required" and not names:
+            raise ValueError("tool_choice required needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not in tools")
+        return self
+
+    @property
+    def forced_tools(self) -> list[Tool]:
+        """The tools one of which the output must call (tool_choice required or named)."""
+        if self.tool_choice == "required":
+            return list(self.tools or ())
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            return [tool for tool in self.tools or () if tool.function.name == name]
+        return []
+
+    @property
+    def parses_tool_calls(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 # --- logprobs --------------------------------------------------------------------------------
 
@@ -56,9 +56,27 @@ class Usage(BaseModel):
 # --- chat completions ------------------------------------------------------------------------
 
 
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class ToolCallDelta(ToolCall):
+    """A streamed call: this server sends each call whole, in one delta."""
+
+    index: int
+
+
 class ChatMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
     reasoning_content: str | None = Field(None, description="the <think> text (return_reasoning)")
     reasoning: str | None = Field(None, description="the same text under vLLM's newer name")
 
@@ -83,6 +101,7 @@ class ChatCompletion(BaseModel):
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
 

@@ -78,7 +78,8 @@ MESSAGES = [{"role": "user", "content": "hi"}]
         # the configured sizes: messages, text, tool arguments
         ({"messages": MESSAGES * 5}, "messages"),
         ({"messages": [{"role": "user", "content": "x" * 1001}]}, "messages"),
-        ({"tools": [{"type": "function", "function": {"name": "f" * 2000}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "description": "d" * 2000}}]},
+         "tools"),
         (
             {
                 "messages": [
