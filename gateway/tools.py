@@ -45,7 +45,14 @@ class ParsedCall:
 
 
 def _schema(function: FunctionDef) -> dict[str, Any]:
-    return function.parameters or {"type": "object", "properties": {}}
+    """The arguments' schema: a function without parameters takes none. Compact JSON (no
+    free whitespace), so random weights cannot spend max_tokens on spaces."""
+    schema = function.parameters or {
+        "type": "object",
+        "properties": {},
+        "additionalProperties": False,
+    }
+    return schema | {"x-guidance": {"whitespace_flexible": False}}
 
 
 def forced_call_grammar(tools: list[Tool], parallel: bool) -> str:

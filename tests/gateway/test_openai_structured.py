@@ -67,8 +67,12 @@ def test_json_schema_answers_parse_and_validate(
 
 
 def test_json_object_answers_are_objects(client: openai.OpenAI) -> None:
-    content, finish = complete(client, False, seed=3, response_format={"type": "json_object"})
-    assert finish == "stop" and isinstance(json.loads(content), dict), content
+    """Any object: random weights may write keys and strings past max_tokens, which says so."""
+    fields = {"response_format": {"type": "json_object"}, "max_tokens": 300}
+    for seed in range(3):
+        content, finish = complete(client, False, seed=seed, **fields)
+        assert content.lstrip().startswith("{")
+        assert finish == "length" or isinstance(json.loads(content), dict), content
 
 
 def test_with_thinking_the_answer_after_the_reasoning_validates(client: openai.OpenAI) -> None:

@@ -105,12 +105,13 @@ def matcher(bundle_dir: Path, grammar: str) -> tuple[Any, Tokenizer]:
 @pytest.mark.parametrize(
     ("parallel", "text", "ok"),
     [
-        (False, 'get_weather\n{"city": "Paris"}', True),
+        (False, 'get_weather\n{"city":"Paris"}', True),
         (False, "tap\n{}", True),
-        (False, 'get_weather\n{"town": "Paris"}', False),  # not the schema
-        (False, 'get_weather\n{"city": "Paris"}\ntap\n{}', False),
-        (True, 'get_weather\n{"city": "Paris"}\ntap\n{}', True),
+        (False, 'get_weather\n{"town":"Paris"}', False),  # not the schema
+        (False, 'get_weather\n{"city":"Paris"}\ntap\n{}', False),
+        (True, 'get_weather\n{"city":"Paris"}\ntap\n{}', True),
         (True, "hello", False),
+        (False, 'tap\n{"x":1}', False),  # a function without parameters takes none
     ],
 )
 def test_the_forced_grammar_takes_calls_that_match_the_schemas(
