@@ -19,6 +19,7 @@ import yaml
 from bundle.layout import DEFAULT, GLM4V, PARTS, Bundle
 from services.health_probe import GRPC_SERVICE_NAMES
 from services.launcher import services_for
+from services.vision.config import VisionConfig
 from tests.deploy.autoglm_args import parse_autoglm, service_config, undeclared_variables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -324,3 +325,11 @@ def test_a_gateway_that_requires_the_audio_service_is_found() -> None:
     assert dependency_problems(compose, enabled(compose, IMPORTED)) == [
         "gateway requires audio, which is not started"
     ]
+
+
+def test_the_vision_gpu_runs_a_glm4v_projector_not_the_gateway_cpu() -> None:
+    """The gateway has no GPU in compose; the 9B projector is ~1.4 TFLOP per screenshot."""
+    vision = load()["services"]["vision"]
+    config = service_config(vision["command"], vision["environment"])
+    assert isinstance(config, VisionConfig)
+    assert config.project_in_service is True
