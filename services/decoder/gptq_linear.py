@@ -11,9 +11,9 @@ Act-order checkpoints (``g_idx`` not monotonic) run by sorting the input columns
 then permuting each input the same way. Anything the kernels refuse (8-bit, widths not a
 multiple of 16, groups they do not support) dequantizes on every call.
 
-On the CPU the int4 kernel only wins at few rows per call: from ``dequant_rows`` rows on (the
-crossover measured per shape at construction, ``int4_dequant.crossover_rows``) a call unpacks
-the same packed codes to bf16 in a scratch buffer and runs oneDNN's bf16 GEMM instead.
+On the CPU the int4 kernel only wins at few rows per call: from ``dequant_rows`` rows on (given,
+or measured per shape at construction with "probe", ``int4_dequant.crossover_rows``) a call
+unpacks the same packed codes to bf16 in a scratch buffer and runs oneDNN's bf16 GEMM instead.
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ class GPTQLinear(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         allow_kernel: bool = True,
-        dequant_rows: int | Literal["probe"] | None = "probe",
+        dequant_rows: int | Literal["probe"] | None = None,
     ) -> None:
         """``dequant_rows``: the CPU int4 kernel's rows from which to unpack to bf16 instead;
-        "probe" measures it on this shape, None never does."""
+        "probe" measures it on this shape, None never does. Off by default: under the load
+        of a shared 2-core machine the probe took minutes per model and never found a win."""
         super().__init__()
         device = torch.device(device)
         weight = QuantizedWeight.unpack(qweight, qzeros, scales, g_idx, bits, checkpoint_format)

@@ -169,10 +169,10 @@ def test_dequantized_path_keeps_act_order_and_needs_no_resident_copy() -> None:
 
 
 def test_the_crossover_is_measured_once_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    first = layer(quantized(128, 256))
+    first = layer(quantized(128, 256), dequant_rows="probe")
     key = (128, 256, 128, torch.get_num_threads())
     monkeypatch.setitem(int4_dequant._crossovers, key, 17)  # a marked entry
-    second = layer(quantized(128, 256))
+    second = layer(quantized(128, 256), dequant_rows="probe")
     assert second.dequant_rows == 17, "the probe ran again instead of reading its cache"
     assert first.dequant_rows is None or first.dequant_rows in int4_dequant.PROBE_ROWS
     assert layer(quantized(128, 256), dequant_rows=None).dequant_rows is None
