@@ -6,6 +6,7 @@ Errors are never caught here; ``gateway.errors`` maps them all.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -13,6 +14,7 @@ import importlib.metadata
 import logging
 import re
 import time
+import types
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -71,6 +73,7 @@ class Gateway:
         )
         self.http = httpx.AsyncClient()
         self.clients = ServiceClients(config)
+        self.loop = asyncio.get_running_loop()  # built in the lifespan, on the server's loop
         layout = image_layout(self.bundle, config)
         media = MediaLoader(config, self.http, MediaTokenCounter.for_bundle(self.bundle, layout))
         self.pipeline = Pipeline(
@@ -309,13 +312,30 @@ def create_app(config: GatewayConfig) -> FastAPI:
     return app
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, and on SIGTERM/SIGINT every open stream ends with an error event and [DONE]
+    (instead of being cut when the grace period runs out)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        gateway: Gateway | None = getattr(self.app.state, "gateway", None)
+        if gateway is not None:  # a signal handler may only schedule work on the loop
+            gateway.loop.call_soon_threadsafe(gateway.clients.end_streams)
+
+
 def run(config: GatewayConfig) -> int:
     configure_logging(config.log_level)
-    uvicorn.run(
-        create_app(config),
+    app = create_app(config)
+    server_config = uvicorn.Config(
+        app,
         host=config.host,
         port=config.port,
         log_level=config.log_level,
         timeout_graceful_shutdown=10,
     )
+    _Server(server_config, app).run()
     return 0

@@ -5,14 +5,21 @@ Channels carry the message limits from config and gRPC's ``round_robin`` policy,
 call carries the request id (``x-request-id`` metadata) and the request's one deadline. The two
 encoders are called concurrently in one task group; their outputs are cached by content hash
 (an LRU bounded in bytes), so an agent that resends its old screenshots does not re-encode them.
+
+Faults end cleanly: an Encode (idempotent) is tried once more on UNAVAILABLE (a replica that
+went away); a decoder stream silent for ``stream_idle_timeout_s`` (the decoder heartbeats
+every few seconds while a request is quiet) is a stalled service and ends with ``NotReady``;
+``end_streams()`` (the gateway shutting down) ends every open decoder stream the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import anyio
 import grpc
@@ -27,6 +34,7 @@ from autoglm.v1 import (
 from gateway.config import GatewayConfig
 from gateway.media import Media
 from services.common.auth import internal_channel
+from services.common.errors import NotReady
 from services.common.grpc_server import channel_options
 from services.common.health import AUDIO_SERVICE, DECODER_SERVICE, VISION_SERVICE, is_serving
 from services.decoder.types import DecoderInfo, GenerateOutput, GenerateRequest
@@ -37,6 +45,8 @@ from services.encoder.types import (
     encode_response_from_pb,
 )
 
+T = TypeVar("T")
+SHUTTING_DOWN = "the server is shutting down; retry the request"
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
@@ -97,6 +107,16 @@ class ServiceClients:
         self.decoder = decoder_pb2_grpc.DecoderStub(self.channels[DECODER_SERVICE])
         self.cache = EmbeddingCache(config.embedding_cache_bytes)
         self._max_items: dict[str, int] = {}
+        self._idle_s = config.stream_idle_timeout_s
+        self._streams: set[grpc.aio.UnaryStreamCall] = set()  # open decoder calls
+        self._ending = False
+
+    def end_streams(self) -> None:
+        """Shutting down: every open decoder stream (and any opened later) ends at once with
+        NotReady, so its client gets an error event and [DONE] instead of a cut connection."""
+        self._ending = True
+        for call in self._streams:
+            call.cancel()
 
     async def close(self) -> None:
         for channel in self.channels.values():
@@ -172,10 +192,11 @@ class ServiceClients:
 
         async def run(index: int) -> None:
             batch = batches[index]
-            reply = await stub.Encode(
-                encode_request_to_pb([m.to_item() for m in batch]),
-                timeout=deadline.remaining(),
-                metadata=_metadata(request_id),
+            pb = encode_request_to_pb([m.to_item() for m in batch])
+            reply = await _once_more_if_unavailable(
+                lambda: stub.Encode(
+                    pb, timeout=deadline.remaining(), metadata=_metadata(request_id)
+                )
             )
             outputs[index] = encode_response_from_pb(reply)
             if len(outputs[index]) != len(batch):
@@ -192,15 +213,47 @@ class ServiceClients:
         self, request: GenerateRequest, request_id: str, deadline: Deadline
     ) -> AsyncGenerator[GenerateOutput]:
         """The decoder's stream. Closing this generator early (client gone, stop string
-        matched) cancels the call, and the decoder frees the request's KV cache."""
+        matched) cancels the call, and the decoder frees the request's KV cache. Heartbeats are
+        not passed on; a silence longer than the idle timeout ends the stream."""
+        if self._ending:
+            raise NotReady(SHUTTING_DOWN)
         call = self.decoder.Generate(
             request.to_pb(), timeout=deadline.remaining(), metadata=_metadata(request_id)
         )
+        self._streams.add(call)
         try:
-            async for reply in call:
-                yield GenerateOutput.from_pb(reply, request.request_id)
+            while True:
+                async with asyncio.timeout(self._idle_s):
+                    reply = await call.read()
+                if reply is grpc.aio.EOF:
+                    return
+                if not reply.heartbeat:
+                    yield GenerateOutput.from_pb(reply, request.request_id)
+        except TimeoutError:
+            raise NotReady(
+                f"the decoder sent nothing for {self._idle_s:g} s (not even its heartbeat); "
+                "the stream was ended"
+            ) from None
+        except asyncio.CancelledError:
+            # end_streams() cancelled the call, not our caller: say why the stream ended
+            task = asyncio.current_task()
+            if self._ending and task is not None and not task.cancelling():
+                raise NotReady(SHUTTING_DOWN) from None
+            raise
         finally:
+            self._streams.discard(call)
             call.cancel()
+
+
+async def _once_more_if_unavailable(call: Callable[[], Awaitable[T]]) -> T:
+    """An idempotent call, tried again once when the service was unavailable (a replica that
+    went away, a connection reset): round_robin then picks a live address."""
+    try:
+        return await call()
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+    return await call()
 
 
 def _nbytes(embedding: Embedding) -> int:

@@ -31,6 +31,11 @@ class GatewayConfig(ServiceConfig):
     max_in_flight_requests: int = setting(
         256, "completion requests served at once; past it 429 with Retry-After (TGI's way)"
     )
+    stream_idle_timeout_s: float = setting(
+        30.0,
+        "a decoder stream that sends nothing, not even its heartbeat, for this long is ended with "
+        "an error event (a stalled service); keep it above the decoder's --heartbeat-s",
+    )
     default_max_tokens: int = setting(1024, "completion length when a request sets no max_tokens")
     max_body_mb: int = setting(64, "largest request body")
     max_messages: int = setting(256, "most messages in one chat request")
@@ -80,9 +85,10 @@ class GatewayConfig(ServiceConfig):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
         positive = (
-            "request_timeout_s", "max_in_flight_requests", "default_max_tokens", "max_body_mb",
-            "max_image_mb", "max_image_pixels", "max_audio_mb", "max_audio_seconds",
-            "image_fetch_timeout_s", "max_messages", "max_text_chars", "max_tool_bytes",
+            "request_timeout_s", "max_in_flight_requests", "stream_idle_timeout_s",
+            "default_max_tokens", "max_body_mb", "max_image_mb", "max_image_pixels",
+            "max_audio_mb", "max_audio_seconds", "image_fetch_timeout_s", "max_messages",
+            "max_text_chars", "max_tool_bytes",
             "max_request_image_pixels", "max_request_audio_seconds", "max_request_audio_samples",
         )  # fmt: skip
         for name in positive:

@@ -94,7 +94,10 @@ class OpenAIError:
 _INVALID = OpenAIError(400, "invalid_request_error", "invalid request", details_safe=True)
 # A service's unexpected failure: its details may hold exception text or addresses, never shown.
 INTERNAL = OpenAIError(500, "server_error", "internal error")
-OPENAI_ERROR_OF_STATUS: dict[grpc.StatusCode, OpenAIError] = {
+# Rows by status code, or by (code, text that gRPC's own details contain) where one code means
+# two things.
+MESSAGE_TOO_LARGE = "message larger than max"
+OPENAI_ERROR_OF_STATUS: dict[grpc.StatusCode | tuple[grpc.StatusCode, str], OpenAIError] = {
     grpc.StatusCode.INVALID_ARGUMENT: _INVALID,
     grpc.StatusCode.OUT_OF_RANGE: _INVALID,
     grpc.StatusCode.RESOURCE_EXHAUSTED: OpenAIError(
@@ -108,6 +111,18 @@ OPENAI_ERROR_OF_STATUS: dict[grpc.StatusCode, OpenAIError] = {
     ),
     grpc.StatusCode.INTERNAL: INTERNAL,
     grpc.StatusCode.UNKNOWN: INTERNAL,
+    # a service that is shutting down cancels the calls it still has: retrying elsewhere works
+    grpc.StatusCode.CANCELLED: OpenAIError(
+        503, "service_unavailable_error", "a model service is shutting down; retry later"
+    ),
+    # gRPC's own message-size check (RESOURCE_EXHAUSTED, "... message larger than max ..."):
+    # the request is too large, and retrying it (as a 429 invites) can never work
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, MESSAGE_TOO_LARGE): OpenAIError(
+        413,
+        "invalid_request_error",
+        "the request is too large to pass between the model services",
+        "request_too_large",
+    ),
 }
 
 
@@ -118,7 +133,9 @@ def _from_status(kind: OpenAIError, details: str | None, *, trusted: bool = Fals
 
 
 def _from_grpc(exc: grpc.aio.AioRpcError, request_id: str) -> MappedError:
-    kind = OPENAI_ERROR_OF_STATUS.get(exc.code(), INTERNAL)
+    details = exc.details() or ""
+    by_text = (exc.code(), MESSAGE_TOO_LARGE) if MESSAGE_TOO_LARGE in details else None
+    kind = OPENAI_ERROR_OF_STATUS.get(by_text or exc.code(), INTERNAL)
     if kind.status >= 500:
         log.error("%s: model service failed: %s %s", request_id, exc.code(), exc.details())
     return _from_status(kind, exc.details())

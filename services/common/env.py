@@ -47,6 +47,7 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_DECODER_MAX_MODEL_LEN": "longest prompt + completion (0: the model's context length)",
     "AUTOGLM_DECODER_PREFILL_CHUNK_TOKENS": "prompt tokens prefilled per engine step",
     "AUTOGLM_DECODER_MAX_WAITING_REQUESTS": "requests queued for a batch row; more are refused",
+    "AUTOGLM_DECODER_HEARTBEAT_S": "seconds of silence after which an open stream gets a heartbeat",
     "AUTOGLM_DECODER_KV_BLOCK_SIZE": "tokens per KV cache block",
     "AUTOGLM_DECODER_CPU_PREPACK": "on the CPU, reorder FP Linear weights for oneDNN (true/false)",
     "AUTOGLM_DECODER_ENABLE_PREFIX_CACHING": "reuse the KV of prompt prefixes seen before",
@@ -61,6 +62,8 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_GATEWAY_IMAGE_URL_ALLOWLIST": "hosts image_url may fetch from, comma-separated",
     "AUTOGLM_GATEWAY_REQUEST_TIMEOUT_S": "deadline of one request through encoders and decoder",
     "AUTOGLM_GATEWAY_MAX_IN_FLIGHT_REQUESTS": "completion requests served at once (429 past it)",
+    "AUTOGLM_GATEWAY_STREAM_IDLE_TIMEOUT_S": "a decoder stream silent this long (no heartbeat) "
+    "is ended with an error (a stalled service)",
     "AUTOGLM_GATEWAY_MAX_BODY_MB": "largest request body the gateway accepts (413 above)",
     "AUTOGLM_GATEWAY_KEEP_REASONING_INLINE": "keep <think>...</think> in content by default",
     "AUTOGLM_GATEWAY_EMBEDDING_CACHE_MB": "encoder outputs cached by content hash (0: off)",

@@ -111,11 +111,30 @@ def _guard_stream(behavior: Callable[..., Any], method: str) -> Callable[..., An
     return guarded
 
 
+# HTTP/2 keepalive: a peer that stops answering pings (a stopped or vanished process, a dead
+# connection the kernel has not noticed) fails its calls within ~15 s instead of hanging.
+KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 5_000
+
+
 def channel_options(config: ServiceConfig) -> list[tuple[str, int]]:
+    """Message limits and keepalive, for channels and servers alike."""
     return [
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
     ]
+
+
+# A server accepts its clients' keepalive pings at that pace (by default it would answer pings
+# more often than every 5 minutes with GOAWAY "too_many_pings").
+SERVER_KEEPALIVE = [
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    ("grpc.http2.max_ping_strikes", 0),
+]
 
 
 def configure_logging(level: str) -> None:
@@ -131,11 +150,13 @@ async def serve(
     add_servicer: Callable[[grpc.aio.Server], None],
     load: Callable[[], None],
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    broken: asyncio.Event | None = None,
 ) -> None:
-    """Run one gRPC service until SIGTERM/SIGINT. ``load`` runs in a thread after listening."""
+    """Run one gRPC service until SIGTERM/SIGINT. ``load`` runs in a thread after listening.
+    Once ``broken`` is set (the service cannot serve any more) its health turns NOT_SERVING."""
     server = grpc.aio.server(
         interceptors=[*auth.server_interceptors(config), ErrorInterceptor()],
-        options=[*channel_options(config), ("grpc.so_reuseport", 0)],
+        options=[*channel_options(config), *SERVER_KEEPALIVE, ("grpc.so_reuseport", 0)],
     )
     add_servicer(server)
     health_servicer = health.aio.HealthServicer()
@@ -162,7 +183,13 @@ async def serve(
         loading.result()  # a failed load ends the process with its traceback
         await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
         log.info("%s ready", service_name)
-        await stopping
+        breaking = asyncio.ensure_future((broken or asyncio.Event()).wait())
+        await asyncio.wait({stopping, breaking}, return_when=asyncio.FIRST_COMPLETED)
+        if breaking.done():
+            log.error("%s cannot serve any more: NOT_SERVING until restarted", service_name)
+            await health_servicer.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await stopping
+        breaking.cancel()
 
     log.info("%s shutting down", service_name)
     await health_servicer.enter_graceful_shutdown()

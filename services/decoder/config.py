@@ -42,6 +42,11 @@ class DecoderConfig(ServiceConfig):
         "requests queued for a batch row; beyond, new ones are refused (RESOURCE_EXHAUSTED, "
         "HTTP 429) until the queue drains",
     )
+    heartbeat_s: float = setting(
+        5.0,
+        "a heartbeat on every open stream that produced nothing for this long (queued, "
+        "preempted, long prefill), so callers can tell quiet from stalled",
+    )
     enable_prefix_caching: bool = setting(
         True, "reuse the KV cache blocks of a prompt prefix seen before (automatic prefix caching)"
     )
@@ -69,5 +74,7 @@ class DecoderConfig(ServiceConfig):
             )
         if self.prefill_chunk_tokens < 1:
             raise ValueError("prefill_chunk_tokens must be at least 1")
+        if self.heartbeat_s <= 0:
+            raise ValueError(f"heartbeat_s must be positive, got {self.heartbeat_s}")
         if self.max_waiting_requests < 1:
             raise ValueError("max_waiting_requests must be at least 1")

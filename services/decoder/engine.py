@@ -66,9 +66,6 @@ class Engine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
-    def active_ids(self) -> set[str]:
-        return self.scheduler.active_ids()
-
     def stats(self) -> EngineStats:
         return self.scheduler.stats()
 

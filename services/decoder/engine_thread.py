@@ -5,6 +5,10 @@ The engine (and the model) are touched by one thread only. Callers on the event 
 step and hands each step's outputs back to the loop with ``call_soon_threadsafe``, where they
 are routed to one asyncio queue per request. A caller that stops listening (a cancelled gRPC
 call) aborts its request, which frees its cache in the engine's next step.
+
+A step that raises leaves the engine in an unknown state (vLLM's ``EngineDeadError``): the thread
+ends, every open stream gets ``NotReady`` at once, later calls are refused, and ``on_failure``
+runs on the loop (the server turns its health NOT_SERVING, so an orchestrator restarts it).
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 
-from services.common.errors import InvalidInput, ServiceError
+from services.common.errors import InvalidInput, NotReady, ServiceError
 from services.decoder.engine import Engine
 from services.decoder.sequence import Pending
 from services.decoder.types import GenerateOutput, GenerateRequest
@@ -25,10 +29,20 @@ log = logging.getLogger(__name__)
 _Message = tuple[str, Pending | str | None]
 
 
+ENGINE_FAILED = "the decoder's engine failed; the service must be restarted"
+
+
 class EngineThread:
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        loop: asyncio.AbstractEventLoop,
+        on_failure: Callable[[], None] = lambda: None,
+    ) -> None:
         self.engine = engine
         self._loop = loop
+        self._on_failure = on_failure
+        self.failed = False  # set by the engine thread, read on the loop
         self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
         self._streams: dict[str, asyncio.Queue[GenerateOutput | Exception]] = {}
         self._thread = threading.Thread(target=self._run, name="decoder-engine", daemon=True)
@@ -41,8 +55,10 @@ class EngineThread:
         self._inbox.put(("stop", None))
         self._thread.join()
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateOutput]:
         """Stream a request's outputs; leaving early (cancellation, error) aborts it."""
+        if self.failed:
+            raise NotReady(ENGINE_FAILED)
         # reject what can never run before it queues; hash it here, not on the engine thread
         pending = await asyncio.to_thread(self.engine.prepare, request)
         if request.request_id in self._streams:
@@ -70,10 +86,11 @@ class EngineThread:
         while self._drain(block=not self.engine.has_work()):
             try:
                 outputs = self.engine.step()
-            except Exception as exc:
-                log.exception("engine step failed; failing its requests")
-                self._fail_all(exc)
-                continue
+            except Exception:
+                log.exception("engine step failed; failing every open stream, serving no more")
+                self.failed = True
+                self._loop.call_soon_threadsafe(self._fail_streams)
+                return
             if outputs:
                 self._loop.call_soon_threadsafe(self._deliver, outputs)
 
@@ -97,11 +114,6 @@ class EngineThread:
                 except ServiceError as exc:
                     self._loop.call_soon_threadsafe(self._deliver_error, payload.request_id, exc)
 
-    def _fail_all(self, exc: Exception) -> None:
-        for request_id in self.engine.active_ids():
-            self.engine.abort(request_id)
-            self._loop.call_soon_threadsafe(self._deliver_error, request_id, exc)
-
     # -- on the event loop ------------------------------------------------------------------
 
     def _deliver(self, outputs: list[GenerateOutput]) -> None:
@@ -109,6 +121,11 @@ class EngineThread:
             stream = self._streams.get(output.request_id)
             if stream is not None:  # None: the caller left, its abort is on the way
                 stream.put_nowait(output)
+
+    def _fail_streams(self) -> None:
+        for stream in self._streams.values():
+            stream.put_nowait(NotReady(ENGINE_FAILED))
+        self._on_failure()
 
     def _deliver_error(self, request_id: str, exc: Exception) -> None:
         stream = self._streams.get(request_id)

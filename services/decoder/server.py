@@ -1,11 +1,16 @@
-"""The decoder's gRPC transport: autoglm.v1.Decoder (Generate streams, Info) over the engine."""
+"""The decoder's gRPC transport: autoglm.v1.Decoder (Generate streams, Info) over the engine.
+
+A stream that has produced nothing for ``heartbeat_s`` (queued, preempted, a long prefill) gets
+a heartbeat message, so the gateway's idle deadline tells a quiet request from a stalled
+service."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TypeVar
 
 import grpc
 
@@ -18,6 +23,8 @@ from services.decoder.loader import LoadedDecoder, load_decoder
 from services.decoder.types import GenerateRequest
 
 REQUEST_ID_METADATA = "x-request-id"
+HEARTBEAT = decoder_pb2.GenerateResponse(heartbeat=True)
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +34,9 @@ class _Running:
 
 
 class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
-    def __init__(self, slot: Slot[_Running]) -> None:
+    def __init__(self, slot: Slot[_Running], heartbeat_s: float) -> None:
         self._slot = slot
+        self._heartbeat_s = heartbeat_s
 
     async def Generate(
         self, request: decoder_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -38,14 +46,39 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         if not generate.request_id:
             generate = dataclasses.replace(generate, request_id=_request_id(context))
         # a cancelled call raises CancelledError in here; leaving the stream aborts the request
-        async for output in running.engine_thread.generate(generate):
-            yield output.to_pb()
+        outputs = running.engine_thread.generate(generate)
+        async for output in with_heartbeats(outputs, self._heartbeat_s):
+            yield HEARTBEAT if output is None else output.to_pb()
 
     async def Info(
         self, request: decoder_pb2.DecoderInfoRequest, context: grpc.aio.ServicerContext
     ) -> decoder_pb2.DecoderInfo:
         running = self._slot.get()
         return running.decoder.info().to_pb()
+
+
+async def with_heartbeats(items: AsyncGenerator[T], every_s: float) -> AsyncGenerator[T | None]:
+    """``items``, with None after each ``every_s`` seconds in which none came. Leaving early
+    cancels the pending read, which closes ``items`` (the engine then aborts the request)."""
+    reading: asyncio.Task[T] | None = None
+    try:
+        while True:
+            reading = reading or asyncio.ensure_future(anext(items))
+            done, _ = await asyncio.wait({reading}, timeout=every_s)
+            if not done:
+                yield None
+                continue
+            try:
+                item = reading.result()
+            except StopAsyncIteration:
+                return
+            reading = None
+            yield item
+    finally:
+        if reading is not None:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+        await items.aclose()
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -59,10 +92,11 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 async def _serve(config: DecoderConfig) -> None:
     loop = asyncio.get_running_loop()
     slot: Slot[_Running] = Slot()
+    broken = asyncio.Event()  # the engine thread died: health turns NOT_SERVING
 
     def load() -> None:
         decoder = load_decoder(config)
-        engine_thread = EngineThread(decoder.engine, loop)
+        engine_thread = EngineThread(decoder.engine, loop, on_failure=broken.set)
         engine_thread.start()
         slot.set(_Running(decoder, engine_thread))
 
@@ -77,10 +111,11 @@ async def _serve(config: DecoderConfig) -> None:
         config,
         service_name=DECODER_SERVICE,
         add_servicer=lambda server: decoder_pb2_grpc.add_DecoderServicer_to_server(
-            DecoderServicer(slot), server
+            DecoderServicer(slot, config.heartbeat_s), server
         ),
         load=load,
         on_stop=on_stop,
+        broken=broken,
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
@@ -9,8 +12,11 @@ import grpc
 import pytest
 
 from autoglm.v1 import decoder_pb2, decoder_pb2_grpc
+from services.common.config import ServiceConfig
 from services.common.errors import InvalidInput, NotReady, Overloaded, TooLarge
-from services.common.grpc_server import ErrorInterceptor, Slot
+from services.common.grpc_server import ErrorInterceptor, Slot, serve
+from services.common.health import is_serving
+from testkit.processes import free_port
 
 
 class Raising(decoder_pb2_grpc.DecoderServicer):
@@ -92,3 +98,26 @@ async def test_health_watch_streams_through_the_interceptor() -> None:
         assert first.status == health_pb2.HealthCheckResponse.SERVING
         call.cancel()
     await server.stop(None)
+
+
+async def test_a_service_that_breaks_turns_not_serving_until_stopped() -> None:
+    """serve()'s ``broken`` (the decoder's engine thread died): the named health turns
+    NOT_SERVING, so probes and the gateway's /health see it, and SIGTERM still stops it."""
+    config = ServiceConfig(port=free_port())
+    broken = asyncio.Event()
+    serving = asyncio.create_task(
+        serve(config, service_name="autoglm.v1.Decoder", add_servicer=lambda server: None,
+              load=lambda: None, broken=broken)
+    )  # fmt: skip
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{config.port}") as channel:
+        for _ in range(100):
+            if await is_serving(channel, "autoglm.v1.Decoder"):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("never SERVING")
+        broken.set()
+        await asyncio.sleep(0.2)
+        assert not await is_serving(channel, "autoglm.v1.Decoder")
+    os.kill(os.getpid(), signal.SIGTERM)  # serve()'s own handler: it stops, nothing else
+    await asyncio.wait_for(serving, timeout=15)

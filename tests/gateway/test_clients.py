@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import pytest
 import torch
 
-from gateway.clients import Deadline, EmbeddingCache
-from services.encoder.types import Embedding
+from autoglm.v1 import vision_pb2_grpc
+from gateway.clients import Deadline, EmbeddingCache, ServiceClients
+from gateway.config import GatewayConfig
+from gateway.media import Media
+from services.encoder.types import Embedding, EncoderInfo, encode_response_to_pb
 
 
 def rows(n: int) -> Embedding:
@@ -49,3 +53,36 @@ def test_deadline_counts_down_and_expires() -> None:
     time.sleep(0.06)
     with pytest.raises(TimeoutError):
         deadline.remaining()
+
+
+class FlakyVision(vision_pb2_grpc.VisionEncoderServicer):
+    """A real gRPC vision service whose first Encode finds it unavailable (a replica that went
+    away), and which answers every later one."""
+
+    def __init__(self) -> None:
+        self.encodes = 0
+
+    async def Info(self, request, context):  # type: ignore[no-untyped-def]
+        return EncoderInfo("toy", "cpu", "float16", "none", hidden_size=2, max_items=4).to_pb()
+
+    async def Encode(self, request, context):  # type: ignore[no-untyped-def]
+        self.encodes += 1
+        if self.encodes == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+        return encode_response_to_pb([Embedding(torch.ones(3, 2)) for _ in request.items])
+
+
+async def test_an_encode_that_finds_the_service_unavailable_is_tried_once_more() -> None:
+    server = grpc.aio.server()
+    vision = FlakyVision()
+    vision_pb2_grpc.add_VisionEncoderServicer_to_server(vision, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    clients = ServiceClients(GatewayConfig(vision_target=f"127.0.0.1:{port}"))
+    try:
+        image = Media("image", b"png", "image/png", "ab" * 32)
+        [embedding] = await clients.encode([image], "r1", Deadline(10))
+        assert embedding.tensor.shape == (3, 2) and vision.encodes == 2
+    finally:
+        await clients.close()
+        await server.stop(None)

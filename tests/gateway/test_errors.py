@@ -80,3 +80,23 @@ def test_a_task_groups_error_maps_as_its_first_failure() -> None:
     nested = ExceptionGroup("outer", [ExceptionGroup("inner", [InvalidInput("bad clip")])])
     mapped = map_exception(nested)
     assert (mapped.status, mapped.body.error.message) == (400, "bad clip")
+
+
+@pytest.mark.parametrize(
+    "details",
+    ["Received message larger than max (9437184 vs. 4194304)",
+     "Sent message larger than max (9437184 vs. 4194304)"],
+    ids=["received", "sent"],
+)  # fmt: skip
+def test_grpcs_own_size_limit_is_413_with_a_fixed_message_not_a_retryable_429(
+    details: str,
+) -> None:
+    mapped = map_exception(rpc_error(Code.RESOURCE_EXHAUSTED, details))
+    assert (mapped.status, mapped.body.error.code) == (413, "request_too_large")
+    assert "Retry-After" not in mapped.headers and "4194304" not in mapped.body.error.message
+
+
+def test_cancelled_by_a_service_that_shuts_down_is_503_with_retry_after() -> None:
+    mapped = map_exception(rpc_error(Code.CANCELLED, "Cancelled on the server side"))
+    assert (mapped.status, mapped.body.error.type) == (503, "service_unavailable_error")
+    assert mapped.headers["Retry-After"] and "server side" not in mapped.body.error.message
