@@ -125,14 +125,20 @@ class Up:
     """`autoglm up` on ``device``, every service on its own free loopback port."""
 
     def __init__(
-        self, bundle: Path, log_path: Path, device: str = "cpu", args: Sequence[str] = ()
+        self,
+        bundle: Path,
+        log_path: Path,
+        device: str = "cpu",
+        args: Sequence[str] = (),
+        settings: Mapping[str, str] | None = None,
     ) -> None:
+        """``settings``: AUTOGLM_* variables for the services (`up` passes them on)."""
         self.log_path = log_path
         self.ports = {name: free_port() for name in SERVICES}
         arguments = ["up", "--bundle", str(bundle), "--host", "127.0.0.1", "--device", device]
         for name, port in self.ports.items():
             arguments += [f"--{name}-port", str(port)]
-        self.process = autoglm([*arguments, *args], log_path)
+        self.process = autoglm([*arguments, *args], log_path, settings)
 
     @property
     def log(self) -> str:
