@@ -45,29 +45,38 @@ def calibration_ids(token_ids: list[int], samples: int, seq_len: int) -> torch.T
 
 
 class _Captured(Exception):
-    """Stops the forward pass once the first decoder layer has received its inputs."""
+    """Stops a forward pass once the watched module has received its inputs."""
 
 
-def _first_layer_inputs(
-    model: nn.Module, first: nn.Module, batches: list[dict[str, Any]]
-) -> LayerInputs:
-    inputs: LayerInputs = []
+def inputs_reaching(
+    model: nn.Module, module: nn.Module, batches: list[dict[str, Any]]
+) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The (args, kwargs) each batch's forward pass gives ``module``; nothing after it runs."""
+    seen: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
     def capture(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if args:
-            inputs.append((args[0], args[1:], dict(kwargs)))
-        else:
-            rest = dict(kwargs)
-            inputs.append((rest.pop("hidden_states"), (), rest))
+        seen.append((args, dict(kwargs)))
         raise _Captured
 
-    hook = first.register_forward_pre_hook(capture, with_kwargs=True)
+    hook = module.register_forward_pre_hook(capture, with_kwargs=True)
     try:
         for batch in batches:
             with contextlib.suppress(_Captured):
                 model(**batch)
     finally:
         hook.remove()
+    return seen
+
+
+def _first_layer_inputs(
+    model: nn.Module, first: nn.Module, batches: list[dict[str, Any]]
+) -> LayerInputs:
+    inputs: LayerInputs = []
+    for args, kwargs in inputs_reaching(model, first, batches):
+        if args:
+            inputs.append((args[0], args[1:], kwargs))
+        else:
+            inputs.append((kwargs.pop("hidden_states"), (), kwargs))
     return inputs
 
 

@@ -9,7 +9,6 @@ token, so quantizing them would save memory but no bytes per token.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -17,13 +16,9 @@ from torch import nn
 
 from quantize.checkpoint import QuantizedWeight
 from quantize.gptq import Hessian, gptq_quantize
-from quantize.layerwise import GPTQSettings
+from quantize.layerwise import GPTQSettings, inputs_reaching
 
 LM_HEAD = "lm_head"
-
-
-class _Captured(Exception):
-    """Stops the forward pass once the lm_head has received its inputs."""
 
 
 @torch.no_grad()
@@ -40,17 +35,8 @@ def quantize_lm_head(
         )
     hessian = Hessian(head.in_features)
 
-    def capture(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+    for args, _ in inputs_reaching(model, head, batches):  # the logits are not needed
         hessian.add(args[0])
-        raise _Captured  # the logits themselves are not needed
-
-    hook = head.register_forward_pre_hook(capture)
-    try:
-        for batch in batches:
-            with contextlib.suppress(_Captured):
-                model(**batch)
-    finally:
-        hook.remove()
     return gptq_quantize(
         head.weight,
         hessian.matrix,
