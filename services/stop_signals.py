@@ -21,7 +21,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopSignals:
-    """While entered (main thread only), SIGINT/SIGTERM set ``received`` and end ``wait``."""
+    """While entered (main thread only), SIGINT/SIGTERM set ``received`` and end ``wait``. On
+    exit the previous handlers come back, unless a stop arrived: then both stay ignored."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -48,7 +49,9 @@ class StopSignals:
         traceback: TracebackType | None,
     ) -> None:
         for sig, handler in self._previous_handlers.items():
-            signal.signal(sig, handler)
+            # Once a stop is under way, later copies of it (make forwards the signal, a user
+            # presses Ctrl-C again) must not kill the exiting process with another status.
+            signal.signal(sig, handler if self.received is None else signal.SIG_IGN)
         signal.set_wakeup_fd(self._previous_wakeup_fd)
         os.close(self._read_fd)
         os.close(self._write_fd)

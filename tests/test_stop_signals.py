@@ -11,10 +11,22 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+import pytest
+
 from services.stop_signals import STOP_SIGNALS, StopSignals
+
+
+@pytest.fixture(autouse=True)
+def keep_the_test_process_handlers() -> Iterator[None]:
+    """A test that receives a stop leaves both signals ignored (by design): undo that here."""
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
 
 
 def test_the_handler_calls_nothing() -> None:
@@ -63,8 +75,19 @@ def test_many_signals_are_one_stop_request_and_the_last_is_kept() -> None:
         assert signals.received == signal.SIGTERM
 
 
-def test_the_previous_handlers_come_back() -> None:
+def test_the_previous_handlers_come_back_when_no_stop_arrived() -> None:
     before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     with StopSignals():
         assert all(signal.getsignal(sig) != before[sig] for sig in STOP_SIGNALS)
     assert {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} == before
+
+
+def test_after_a_stop_later_copies_of_it_are_ignored() -> None:
+    """`make up` forwards the signal and a storm may outlast the stop: a copy arriving while
+    the process exits must not kill it with another status."""
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.wait(5)
+    assert all(signal.getsignal(sig) == signal.SIG_IGN for sig in STOP_SIGNALS)
+    os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt if it were not ignored
+    time.sleep(0.05)
