@@ -32,7 +32,8 @@ from services.decoder.config import DecoderConfig
 from services.decoder.constraint_spec import Constraint, ConstraintKind
 from services.decoder.engine import Engine
 from services.decoder.loader import load_decoder
-from services.decoder.types import GenerateRequest, SamplingParams, StoppingParams
+from services.decoder.params import SamplingParams, StoppingParams
+from services.decoder.types import GenerateRequest
 
 SCHEMA = {
     "type": "object",

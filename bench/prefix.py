@@ -31,7 +31,8 @@ from services.common.device import resolve_device
 from services.decoder.config import DecoderConfig
 from services.decoder.engine import Engine
 from services.decoder.loader import DTYPES, load_decoder
-from services.decoder.types import GenerateRequest, StoppingParams
+from services.decoder.params import StoppingParams
+from services.decoder.types import GenerateRequest
 
 NEW_TOKENS = 8
 

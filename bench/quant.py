@@ -47,8 +47,9 @@ from services.cli import main as autoglm
 from services.decoder.config import DecoderConfig
 from services.decoder.engine import Engine
 from services.decoder.loader import load_decoder
+from services.decoder.params import StoppingParams
 from services.decoder.quant import apply_quantization
-from services.decoder.types import GenerateRequest, StoppingParams
+from services.decoder.types import GenerateRequest
 
 TARGETS = {"weight_memory_reduction": 0.60, "decode_latency_b1_reduction": 0.40}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.tools import Tool
 from gateway.unhonoured import ChatUnhonoured, CompletionUnhonoured
-from services.decoder.types import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SamplingParams, StoppingParams
+from services.decoder.params import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SamplingParams, StoppingParams
 
 MAX_MESSAGES = 512
 MAX_PARTS = 256

@@ -24,7 +24,8 @@ from services.audio.model import load_encoder as load_audio_encoder
 from services.decoder.config import QUANT_CHOICES, DecoderConfig
 from services.decoder.gptq_linear import GPTQLinear
 from services.decoder.loader import LoadedDecoder, load_decoder
-from services.decoder.types import GenerateRequest, StoppingParams
+from services.decoder.params import StoppingParams
+from services.decoder.types import GenerateRequest
 from services.encoder.pipeline import MediaEncoder
 from services.encoder.types import MediaItem
 from services.vision.config import VisionConfig

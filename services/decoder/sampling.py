@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import torch
 
 from services.decoder.constraints import GrammarState, allowed, bitmask_words
-from services.decoder.types import SamplingParams, TokenLogprob
+from services.decoder.params import SamplingParams
+from services.decoder.types import TokenLogprob
 
 
 def mask_top_k_top_p(

@@ -8,7 +8,8 @@ from services.decoder.constraints import ConstraintCompiler
 from services.decoder.engine import Engine, EngineLimits
 from services.decoder.kv_cache import KVCache
 from services.decoder.model import Glm4ForCausalLM
-from services.decoder.types import GenerateOutput, GenerateRequest, SamplingParams, StoppingParams
+from services.decoder.params import SamplingParams, StoppingParams
+from services.decoder.types import GenerateOutput, GenerateRequest
 
 EOS = (1, 2)
 

@@ -25,7 +25,8 @@ from services.decoder.constraints import ConstraintCompiler
 from services.decoder.engine import Engine
 from services.decoder.grammars import phone_action_grammar
 from services.decoder.model import Glm4ForCausalLM
-from services.decoder.types import GenerateRequest, SamplingParams, StoppingParams
+from services.decoder.params import SamplingParams, StoppingParams
+from services.decoder.types import GenerateRequest
 from tests.decoder.conftest import TINY
 from tests.decoder.engines import make_engine, run_all, tokens
 

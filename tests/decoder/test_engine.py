@@ -8,12 +8,8 @@ from transformers import Glm4ForCausalLM
 
 from services.common.errors import InvalidInput, TooLarge
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
-from services.decoder.types import (
-    FinishReason,
-    GenerateRequest,
-    MultimodalSegment,
-    StoppingParams,
-)
+from services.decoder.params import StoppingParams
+from services.decoder.types import FinishReason, GenerateRequest, MultimodalSegment
 from tests.decoder.engines import make_engine, request, run_all, tokens
 
 

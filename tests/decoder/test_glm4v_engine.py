@@ -13,8 +13,9 @@ from transformers import Glm4vForConditionalGeneration
 
 from services.common.errors import InvalidInput
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
+from services.decoder.params import StoppingParams
 from services.decoder.positions import PositionIds
-from services.decoder.types import GenerateRequest, MultimodalSegment, StoppingParams
+from services.decoder.types import GenerateRequest, MultimodalSegment
 from tests.decoder.engines import make_engine, run_all, tokens
 
 GRID_THW = (1, 6, 8)  # 48 patches: 12 image tokens after the 2 x 2 merge

@@ -5,7 +5,7 @@ context, producing exactly the tokens it would have produced alone."""
 from __future__ import annotations
 
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
-from services.decoder.types import SamplingParams
+from services.decoder.params import SamplingParams
 from tests.decoder.engines import make_engine, request, run_all, tokens
 
 # 8 blocks of 8 tokens; each request below needs 12 + 30 = 42 tokens (6 blocks) by its end

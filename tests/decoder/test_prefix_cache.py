@@ -13,9 +13,10 @@ from services.common.errors import InvalidInput
 from services.decoder.block_pool import BlockPool
 from services.decoder.engine import Engine
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
+from services.decoder.params import StoppingParams
 from services.decoder.positions import PositionIds
 from services.decoder.prefix_cache import block_hashes
-from services.decoder.types import GenerateRequest, MultimodalSegment, StoppingParams
+from services.decoder.types import GenerateRequest, MultimodalSegment
 from tests.decoder.engines import make_engine
 
 BLOCK = 8

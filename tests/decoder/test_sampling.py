@@ -9,6 +9,7 @@ import torch
 
 from autoglm.v1 import decoder_pb2
 from services.common.errors import InvalidInput
+from services.decoder.params import SamplingParams
 from services.decoder.sampling import (
     Sampler,
     apply_penalties,
@@ -16,7 +17,6 @@ from services.decoder.sampling import (
     mask_min_p,
     mask_top_k_top_p,
 )
-from services.decoder.types import SamplingParams
 
 CPU = torch.device("cpu")
 VOCAB = 50

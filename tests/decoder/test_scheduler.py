@@ -12,15 +12,11 @@ import pytest
 
 from services.common.errors import InvalidInput, Overloaded, TooLarge
 from services.decoder.block_pool import BlockPool
+from services.decoder.params import StoppingParams
 from services.decoder.prefix_cache import block_hashes
 from services.decoder.scheduler import EngineLimits, Plan, Scheduler
 from services.decoder.sequence import Pending, Sequence
-from services.decoder.types import (
-    FinishReason,
-    GenerateOutput,
-    GenerateRequest,
-    StoppingParams,
-)
+from services.decoder.types import FinishReason, GenerateOutput, GenerateRequest
 
 BLOCK = 4
 TOKEN = 7

@@ -17,7 +17,7 @@ from gateway.protocol import (
     ImagePart,
     InputAudioPart,
 )
-from services.decoder.types import SamplingParams, StoppingParams
+from services.decoder.params import SamplingParams, StoppingParams
 
 
 def chat(**fields: Any) -> ChatCompletionRequest:
