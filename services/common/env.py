@@ -48,6 +48,8 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_DECODER_PREFILL_CHUNK_TOKENS": "prompt tokens prefilled per engine step",
     "AUTOGLM_DECODER_MAX_WAITING_REQUESTS": "requests queued for a batch row; more are refused",
     "AUTOGLM_DECODER_HEARTBEAT_S": "seconds of silence after which an open stream gets a heartbeat",
+    "AUTOGLM_DECODER_STEP_TIMEOUT_S": "one engine step running this long is a hung engine: "
+    "open streams fail, NOT_SERVING",
     "AUTOGLM_DECODER_KV_BLOCK_SIZE": "tokens per KV cache block",
     "AUTOGLM_DECODER_CPU_PREPACK": "on the CPU, reorder FP Linear weights for oneDNN (true/false)",
     "AUTOGLM_DECODER_ENABLE_PREFIX_CACHING": "reuse the KV of prompt prefixes seen before",

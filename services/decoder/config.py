@@ -47,6 +47,11 @@ class DecoderConfig(ServiceConfig):
         "a heartbeat on every open stream that produced nothing for this long (queued, "
         "preempted, long prefill), so callers can tell quiet from stalled",
     )
+    step_timeout_s: float = setting(
+        120.0,
+        "an engine step (one batch's forward, a prefill chunk included) running longer than "
+        "this is a hung engine: every open stream fails and the service turns NOT_SERVING",
+    )
     enable_prefix_caching: bool = setting(
         True, "reuse the KV cache blocks of a prompt prefix seen before (automatic prefix caching)"
     )
@@ -76,5 +81,7 @@ class DecoderConfig(ServiceConfig):
             raise ValueError("prefill_chunk_tokens must be at least 1")
         if self.heartbeat_s <= 0:
             raise ValueError(f"heartbeat_s must be positive, got {self.heartbeat_s}")
+        if self.step_timeout_s <= 0:
+            raise ValueError(f"step_timeout_s must be positive, got {self.step_timeout_s}")
         if self.max_waiting_requests < 1:
             raise ValueError("max_waiting_requests must be at least 1")

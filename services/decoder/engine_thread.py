@@ -9,6 +9,8 @@ call) aborts its request, which frees its cache in the engine's next step.
 A step that raises leaves the engine in an unknown state (vLLM's ``EngineDeadError``): the thread
 ends, every open stream gets ``NotReady`` at once, later calls are refused, and ``on_failure``
 runs on the loop (the server turns its health NOT_SERVING, so an orchestrator restarts it).
+A step that never returns is treated the same once it has run for ``step_timeout_s``
+(watchdog.py); the stuck thread is then left behind.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from services.common.errors import InvalidInput, NotReady, ServiceError
 from services.decoder.engine import Engine
 from services.decoder.sequence import Pending
 from services.decoder.types import GenerateOutput, GenerateRequest
+from services.decoder.watchdog import StepWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class EngineThread:
         engine: Engine,
         loop: asyncio.AbstractEventLoop,
         on_failure: Callable[[], None] = lambda: None,
+        step_timeout_s: float = 120.0,
     ) -> None:
         self.engine = engine
         self._loop = loop
@@ -46,14 +50,19 @@ class EngineThread:
         self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
         self._streams: dict[str, asyncio.Queue[GenerateOutput | Exception]] = {}
         self._thread = threading.Thread(target=self._run, name="decoder-engine", daemon=True)
+        self._failing = threading.Lock()  # the engine thread and the watchdog may both fail it
+        self._watchdog = StepWatchdog(step_timeout_s, self._hung)
 
     def start(self) -> None:
         self._thread.start()
+        self._watchdog.start()
 
     def stop(self) -> None:
-        """Ask the engine thread to finish and wait for it (blocking: run it in a thread)."""
+        """Ask the engine thread to finish and wait for it (blocking: run it in a thread); a
+        thread stuck in a step is waited for no longer than the watchdog would."""
+        self._watchdog.stop()
         self._inbox.put(("stop", None))
-        self._thread.join()
+        self._thread.join(0 if self.failed else self._watchdog.timeout_s)
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateOutput]:
         """Stream a request's outputs; leaving early (cancellation, error) aborts it."""
@@ -85,14 +94,31 @@ class EngineThread:
     def _run(self) -> None:
         while self._drain(block=not self.engine.has_work()):
             try:
-                outputs = self.engine.step()
+                with self._watchdog.step():
+                    outputs = self.engine.step()
             except Exception:
                 log.exception("engine step failed; failing every open stream, serving no more")
-                self.failed = True
-                self._loop.call_soon_threadsafe(self._fail_streams)
+                self._fail()
+                return
+            if self.failed:  # the watchdog gave up on this step while it ran
                 return
             if outputs:
                 self._loop.call_soon_threadsafe(self._deliver, outputs)
+
+    def _hung(self, seconds: float) -> None:
+        """On the watchdog's thread: one step has run past the step timeout."""
+        log.error(
+            "an engine step has run for %.0f s (--step-timeout-s %g); failing every open "
+            "stream, serving no more", seconds, self._watchdog.timeout_s,
+        )  # fmt: skip
+        self._fail()
+
+    def _fail(self) -> None:
+        with self._failing:
+            if self.failed:
+                return
+            self.failed = True
+        self._loop.call_soon_threadsafe(self._fail_streams)
 
     def _drain(self, block: bool) -> bool:
         """Apply queued adds and aborts; False once asked to stop."""

@@ -96,7 +96,9 @@ async def _serve(config: DecoderConfig) -> None:
 
     def load() -> None:
         decoder = load_decoder(config)
-        engine_thread = EngineThread(decoder.engine, loop, on_failure=broken.set)
+        engine_thread = EngineThread(
+            decoder.engine, loop, on_failure=broken.set, step_timeout_s=config.step_timeout_s
+        )
         engine_thread.start()
         slot.set(_Running(decoder, engine_thread))
 

@@ -39,6 +39,7 @@ def test_flags_beat_variables_which_beat_defaults() -> None:
         {"max_model_len": 4096, "max_total_tokens": 2048},
         {"prefill_chunk_tokens": 0},
         {"max_waiting_requests": 0},
+        {"step_timeout_s": 0},
     ],
 )
 def test_impossible_settings_fail_at_start_up(bad: dict[str, object]) -> None:
