@@ -22,12 +22,9 @@ from typing import Any
 
 import openai
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionUserMessageParam
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
-from bench.bundles import prepared_bundle
-from bench.report import write_report
+from bench.report import results_table, write_report
 from bench.serve import (
     REQUEST_TIMEOUT_S,
     SYSTEM_PROMPT,
@@ -36,10 +33,9 @@ from bench.serve import (
     cross_check,
     one_request,
     percentile,
-    running_stack,
     scrape,
+    serve_and_measure,
 )
-from bundle.layout import Bundle
 from testkit.media import b64, image_bytes
 
 SCREEN = (1080, 2400)  # a phone screenshot, width x height
@@ -171,14 +167,13 @@ async def measure_phone(
 
 
 def print_turns(report: dict[str, Any], console: Console) -> None:
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        title=f"serve, phone-agent mix: {report['turns']} turns, a new 1080x2400 screenshot per "
-        f"turn, earlier ones dropped, {report['max_tokens']} tokens per answer, on "
-        f"{report['device']}; TTFT p50 over the clients",
+    columns = ("conc", "turn", "TTFT p50 s", "TTFT max s", "prompt", "cached")
+    title = (
+        f"serve, phone-agent mix: {report['turns']} turns, a new 1080x2400 screenshot per turn, "
+        f"earlier ones dropped, {report['max_tokens']} tokens per answer, on {report['device']}; "
+        "TTFT p50 over the clients"
     )
-    for column in ("conc", "turn", "TTFT p50 s", "TTFT max s", "prompt", "cached"):
-        table.add_column(column, justify="right")
+    table = results_table(title, columns)
     for cell in report["cells"]:
         for t in cell["turns"]:
             table.add_row(
@@ -199,10 +194,7 @@ def run_phone_mix(args: argparse.Namespace, console: Console) -> int:
     serves an imported bundle: unquantized unless it holds a GPTQ checkpoint."""
     output = args.output.with_name(f"{args.output.stem}-phone.json")
     log = output.with_name(f"{output.stem}-up.log")
-    with prepared_bundle(args.bundle, console, preset="phone") as bundle:
-        model = Bundle.load(bundle).served_model_name
-        with running_stack(bundle, args.device, log, console) as url:
-            cells, metrics = asyncio.run(measure_phone(url, model, args, console))
+    model, cells, metrics = serve_and_measure(args, "phone", log, console, measure_phone)
     report: dict[str, Any] = {
         "bench": "serve-phone",
         "bundle": str(args.bundle or "phone preset (built, unquantized as `make up` serves it)"),

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 RESULTS = Path("bench/results")
 
@@ -66,3 +69,12 @@ def write_report(path: Path, report: dict[str, Any], console: Console, ok: bool 
     path.write_text(json.dumps({**report, "machine": machine()}, indent=2) + "\n")
     console.print(f"wrote {path}")
     return 0 if ok else 1
+
+
+def results_table(title: str, columns: Sequence[str], left: int = 0, **options: Any) -> Table:
+    """A benchmark's table of results: a rule under the header, the first ``left`` columns
+    (names) left-aligned and the rest (figures) right-aligned; ``options`` go to rich's Table."""
+    table = Table(box=box.SIMPLE_HEAD, title=title, **options)
+    for number, column in enumerate(columns):
+        table.add_column(column, justify="left" if number < left else "right")
+    return table

@@ -28,7 +28,7 @@ import itertools
 import signal
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,14 +37,12 @@ import httpx
 import openai
 from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from bench.bundles import prepared_bundle
 from bench.device_check.runner import Probe
 from bench.device_check.stack import STOP_TIMEOUT_S, LaunchedStack
-from bench.report import BenchParser, write_report
+from bench.report import BenchParser, results_table, write_report
 from bundle.layout import Bundle
 from testkit.media import audio_bytes, b64, data_url, image_bytes
 
@@ -298,18 +296,15 @@ async def measure(
 
 
 def print_table(report: dict[str, Any], console: Console) -> None:
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        collapse_padding=True,
-        pad_edge=False,
-        title=f"serve: the real stack via the openai SDK, streaming, {report['max_tokens']} "
-        f"tokens per request (EOS ignored), {report['requests']} requests per row, on "
-        f"{report['device']}; latencies in ms",
-    )
     # Short headers: a console that is not a terminal is 80 columns wide.
-    for column in ("mix", "conc", "req/s", "tok/s", "vs c1", "TTFT\np50/p90", "ITL\np50",
-                   "E2E\np50", "prompt", "cached"):  # fmt: skip
-        table.add_column(column, justify="left" if column == "mix" else "right")
+    columns = ("mix", "conc", "req/s", "tok/s", "vs c1", "TTFT\np50/p90", "ITL\np50", "E2E\np50",
+               "prompt", "cached")  # fmt: skip
+    title = (
+        f"serve: the real stack via the openai SDK, streaming, {report['max_tokens']} tokens per "
+        f"request (EOS ignored), {report['requests']} requests per row, on {report['device']}; "
+        "latencies in ms"
+    )
+    table = results_table(title, columns, left=1, collapse_padding=True, pad_edge=False)
     for c in report["cells"]:
         itl = f"{c['itl_p50_s'] * 1e3:.1f}" if c["itl_p50_s"] is not None else "-"
         table.add_row(
@@ -325,6 +320,24 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     pairs = ", ".join(f"{key} {client[key]:.0f}/{server[key]:.0f}" for key in server)
     verdict = "agree" if metrics["agree"] else "[bold red]DISAGREE"
     console.print(f"/metrics deltas vs client sums (client/server): {pairs}: {verdict}")
+
+
+Measure = Callable[
+    [str, str, argparse.Namespace, Console],
+    Coroutine[Any, Any, tuple[list[dict[str, Any]], dict[str, Any]]],
+]
+
+
+def serve_and_measure(
+    args: argparse.Namespace, preset: str, log: Path, console: Console, measure: Measure
+) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """--bundle (or the preset, built) served on --device while ``measure`` runs against it:
+    the served model's name, the measured cells and the /metrics cross-check."""
+    with prepared_bundle(args.bundle, console, preset=preset) as bundle:
+        model = Bundle.load(bundle).served_model_name
+        with running_stack(bundle, args.device, log, console) as url:
+            cells, metrics = asyncio.run(measure(url, model, args, console))
+    return model, cells, metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,11 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_phone_mix(args, console)
 
     log = args.output.with_name(f"{args.output.stem}-up.log")
-    with prepared_bundle(args.bundle, console) as bundle:
-        model = Bundle.load(bundle).served_model_name
-        with running_stack(bundle, args.device, log, console) as url:
-            cells, metrics = asyncio.run(measure(url, model, args, console))
-
+    model, cells, metrics = serve_and_measure(args, "default", log, console, measure)
     report: dict[str, Any] = {
         "bench": "serve",
         "bundle": str(args.bundle or "default (built, GPTQ 4-bit)"),
