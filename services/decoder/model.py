@@ -4,11 +4,12 @@ of ``Glm4vForConditionalGeneration`` (GLM-4.1V, AutoGLM-Phone-9B), which is the 
 
 Same maths and parameter names as transformers' implementation (our ``model.*`` is GLM-4.1V's
 ``model.language_model.*``), so checkpoints load as they are and quantized Linear layers can
-replace ``model.layers.N.self_attn.q_proj`` and friends by name. What differs is the calling
-convention: one forward takes the new tokens of every scheduled request packed into one
-sequence (``[tokens]`` ids, positions ``[tokens]`` or ``[3, tokens]`` for mRoPE), writes their
-K/V into the paged cache and attends over each request's own cached tokens
-(``kv_cache.ForwardBatch``).
+replace ``model.layers.N.self_attn.o_proj`` and friends by name; q, k and v are joined at load
+into one ``qkv_proj`` (one GEMM instead of three), as GLM's gate and up already are.
+What differs is the calling convention: one forward takes the new tokens of every scheduled
+request packed into one sequence (``[tokens]`` ids, positions ``[tokens]`` or ``[3, tokens]``
+for mRoPE), writes their K/V into the paged cache and attends over each request's own cached
+tokens (``kv_cache.ForwardBatch``).
 
 GLM-4 specifics: rotary embedding on the first half of each head only (``partial_rotary_factor``)
 with interleaved pairs, grouped-query attention with biased q/k/v, a fused gate/up SwiGLU, and
@@ -42,6 +43,21 @@ def read_text_weights(folder: Path | str, config: TextModelConfig) -> dict[str, 
     return tensors
 
 
+QKV = ("q_proj", "k_proj", "v_proj")
+
+
+def join_qkv(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The checkpoint's separate q, k and v projections (weights and biases) joined along the
+    outputs into the model's one ``self_attn.qkv_proj``; quantized ones are left to quant.py."""
+    for name in [n for n in tensors if n.endswith("self_attn.q_proj.weight")]:
+        base = name.removesuffix("q_proj.weight")
+        for part in ("weight", "bias"):
+            keys = [f"{base}{proj}.{part}" for proj in QKV]
+            if all(key in tensors for key in keys):
+                tensors[f"{base}qkv_proj.{part}"] = torch.cat([tensors.pop(key) for key in keys])
+    return tensors
+
+
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
@@ -49,11 +65,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fp32 statistics whatever the activation dtype, as in transformers
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        # torch's rms_norm keeps fp32 statistics for 16-bit inputs and rounds the normalized x
+        # to x's dtype before the weight is applied, bit for bit transformers' x.float() ... .to()
         weight: torch.Tensor = self.weight
-        return weight * x32.to(x.dtype)
+        return weight * F.rms_norm(x, (x.shape[-1],), eps=self.eps)
 
 
 class Glm4Attention(nn.Module):
@@ -63,22 +78,25 @@ class Glm4Attention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        bias = config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        # q, k and v fused into one Linear [q | k | v] (the checkpoint's three are joined at
+        # load, join_qkv): one GEMM and one int4 call per layer instead of three
+        self.qkv_proj = nn.Linear(
+            config.hidden_size,
+            (self.num_heads + 2 * self.num_kv_heads) * self.head_dim,
+            bias=config.attention_bias,
+        )
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
     def forward(
         self, x: torch.Tensor, rope: Rope, batch: ForwardBatch, cache: KVCache
     ) -> torch.Tensor:
-        tokens = x.shape[0]
-        q = apply_rotary(self.q_proj(x).view(tokens, self.num_heads, self.head_dim), *rope)
-        k = apply_rotary(self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim), *rope)
-        v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
+        tokens, heads = x.shape[0], self.num_heads
+        qkv = self.qkv_proj(x).view(tokens, heads + 2 * self.num_kv_heads, self.head_dim)
+        qk = apply_rotary(qkv[:, : heads + self.num_kv_heads], *rope)  # q and k in one go
+        q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + self.num_kv_heads :]
         cache.write(self.layer_idx, batch.write_slots, k, v)
 
-        out = torch.empty_like(q)
+        out = q.new_empty(tokens, heads, self.head_dim)
         for span in batch.prefills:
             chunk = slice(span.start, span.end)
             out[chunk] = self._prefill(q[chunk], k[chunk], v[chunk], span, cache)
@@ -114,7 +132,8 @@ class Glm4Attention(nn.Module):
         b = q.shape[0]
         k, v = cache.read(self.layer_idx, batch.decode_kv_slots)  # [B, L, kv, d]
         k, v = k.transpose(1, 2), v.transpose(1, 2)
-        grouped = q.view(b, self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim)
+        group = self.num_heads // self.num_kv_heads
+        grouped = q.reshape(b, self.num_kv_heads, group, self.head_dim)
         out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=batch.decode_mask)
         return out.reshape(b, self.num_heads, self.head_dim)
 
@@ -218,7 +237,7 @@ class Glm4ForCausalLM(nn.Module):
         or the language model of a Glm4vForConditionalGeneration (its vision tower's weights
         are never read)."""
         config = TextModelConfig.from_pretrained(path)
-        tensors = read_text_weights(path, config)
+        tensors = join_qkv(read_text_weights(path, config))
         # one tensor at a time: the checkpoint's copy is freed as the converted one is made
         state = {
             name: tensors.pop(name).to(device=device, dtype=dtype)

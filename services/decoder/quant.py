@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FUSED_GATE_UP = "gate_up_proj"
+# The model's fused Linears and the separate ones of a checkpoint they join, in output order:
+# GPTQModel splits GLM's gate_up_proj in two; q, k and v are three in every checkpoint.
+FUSED = {
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+}
 
 
 def apply_quantization(
@@ -107,11 +112,13 @@ def _apply_gptq(model: nn.Module, folder: Path, device: torch.device) -> str:
         )
 
     def build(name: str, linear: nn.Linear) -> nn.Module:
-        if name.endswith(FUSED_GATE_UP) and f"{name}.qweight" not in tensors:
-            base = name.removesuffix(FUSED_GATE_UP)
-            if not _fuse_split_gate_up(tensors, base, used):  # act-order: one input order each
-                halves = (f"{base}gate_proj", f"{base}up_proj")
-                return JoinedLinear(*(gptq_linear(h, linear.weight.dtype) for h in halves))
+        fused = next((f for f in FUSED if name.endswith(f)), None)
+        if fused is not None and f"{name}.qweight" not in tensors:
+            base = name.removesuffix(fused)
+            parts = [base + part for part in FUSED[fused]]
+            # act-order parts, each in its own input order, run one by one
+            if not _join_parts(tensors, name, parts, used, config.bits):
+                return JoinedLinear(*(gptq_linear(p, linear.weight.dtype) for p in parts))
         return gptq_linear(name, linear.weight.dtype)
 
     linears = decoder_linears(model)
@@ -136,31 +143,39 @@ def _text_config(model: nn.Module) -> TextModelConfig:
 
 
 class JoinedLinear(nn.Module):
-    """[gate | up] from two separately quantized halves of GLM's fused gate_up_proj."""
+    """The outputs of separately quantized parts of one fused Linear, side by side."""
 
-    def __init__(self, gate: nn.Module, up: nn.Module) -> None:
+    def __init__(self, *parts: nn.Module) -> None:
         super().__init__()
-        self.gate, self.up = gate, up
+        self.parts = nn.ModuleList(parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat((self.gate(x), self.up(x)), dim=-1)
+        return torch.cat([part(x) for part in self.parts], dim=-1)
 
 
-def _fuse_split_gate_up(tensors: dict[str, torch.Tensor], base: str, used: set[str]) -> bool:
-    """GPTQModel quantizes GLM's fused ``mlp.gate_up_proj`` as two Linears, ``gate_proj`` and
-    ``up_proj``. When both share one g_idx (no act-order, the usual case), their packed tensors
-    join along the output dimension (qweight, scales and the qzeros words all run along it)
-    into the one fused Linear the model has; returns False when they do not."""
-    gate, up = f"{base}gate_proj", f"{base}up_proj"
-    if f"{gate}.g_idx" not in tensors or f"{up}.g_idx" not in tensors:
-        return True  # nothing to fuse: the caller names what is missing
-    if not torch.equal(tensors[f"{gate}.g_idx"], tensors[f"{up}.g_idx"]):
+def _join_parts(
+    tensors: dict[str, torch.Tensor], fused: str, parts: list[str], used: set[str], bits: int
+) -> bool:
+    """The quantized parts of a fused Linear (GPTQModel's gate_proj and up_proj, any
+    checkpoint's q, k and v) as one: when all share one g_idx (no act-order, the usual case)
+    and each part's outputs fill whole qzeros words, their packed tensors join along the
+    output dimension (qweight, scales, the qzeros words and the biases all run along it) into
+    ``fused``'s; returns False when they do not."""
+    if any(f"{part}.g_idx" not in tensors for part in parts):
+        return True  # nothing to join: the caller names what is missing
+    g_idx = tensors[f"{parts[0]}.g_idx"]
+    if not all(torch.equal(tensors[f"{part}.g_idx"], g_idx) for part in parts):
         return False
-    for part in QUANT_PARTS:
-        halves = (tensors[f"{gate}.{part}"], tensors[f"{up}.{part}"])
-        joined = halves[0] if part == "g_idx" else torch.cat(halves, dim=-1)
-        tensors[f"{base}{FUSED_GATE_UP}.{part}"] = joined
-        used.update((f"{gate}.{part}", f"{up}.{part}"))
+    qzeros = [tensors[f"{part}.qzeros"] for part in parts]
+    scales = [tensors[f"{part}.scales"] for part in parts]
+    if any(z.shape[-1] * 32 != s.shape[-1] * bits for z, s in zip(qzeros, scales, strict=True)):
+        return False  # a part ends inside a qzeros word
+    pieces = [*QUANT_PARTS, "bias"] if all(f"{p}.bias" in tensors for p in parts) else QUANT_PARTS
+    for piece in pieces:
+        keys = [f"{part}.{piece}" for part in parts]
+        joined = g_idx if piece == "g_idx" else torch.cat([tensors[k] for k in keys], dim=-1)
+        tensors[f"{fused}.{piece}"] = joined
+        used.update(keys)
     return True
 
 

@@ -6,6 +6,12 @@ head (``partial_rotary_factor``). GLM-4.1V's text model adds 3-D mRoPE: every to
 ``mrope_section[0]`` frequencies from t, the next ``mrope_section[1]`` from h, the rest from w
 (transformers' ``Glm4vTextRotaryEmbedding.recomposition_frequencies``). A text token has the
 same value in all three rows, so its angles equal 1-D RoPE's: 1-D positions stay the fast path.
+
+The step computes cos/sin once for all layers, spread over the whole head: each frequency's
+value on both features of its pair, and on the features past rotary_dim cos 1, sin 0. Then one
+rotation is ``x * cos + swap(x) * sin`` with the pairs swapped and the sign in ``sin``: four
+ops on q and k together instead of slicing, stacking and concatenating per call, and the same
+bf16 roundings as the pairwise formula, so the results are bit for bit those of transformers.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ from torch import nn
 
 from services.decoder.text_config import TextModelConfig
 
-Rope = tuple[torch.Tensor, ...]  # (cos, sin) of every packed token, from RotaryEmbedding
+Rope = tuple[torch.Tensor, ...]  # (cos, signed sin) of every packed token, from RotaryEmbedding
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin [tokens, 1, rotary_dim / 2] from positions [tokens] or [axes, tokens]."""
+    """cos and signed sin [tokens, 1, head_dim] from positions [tokens] or [axes, tokens]:
+    ``(c0, c0, c1, c1, ..., 1, ...)`` and ``(-s0, s0, -s1, s1, ..., 0, ...)``."""
 
     inv_freq: torch.Tensor
     axis_of: torch.Tensor
@@ -27,6 +34,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, config: TextModelConfig) -> None:
         super().__init__()
         self.rotary_dim = config.rotary_dim
+        self.head_dim = config.head_dim
         # built on the CPU explicitly: the model itself may be constructed on the meta device
         exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32, device="cpu")
         inv_freq = 1.0 / (config.rope_theta ** (exponents / self.rotary_dim))
@@ -47,13 +55,17 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(
                 f"positions must be [tokens] or [{self.axes}, tokens], got {tuple(positions.shape)}"
             )
-        return freqs.cos().to(dtype)[:, None, :], freqs.sin().to(dtype)[:, None, :]
+        tokens = freqs.shape[0]
+        cos = torch.ones(tokens, self.head_dim, dtype=dtype, device=positions.device)
+        sin = torch.zeros(tokens, self.head_dim, dtype=dtype, device=positions.device)
+        sin_f = freqs.sin()
+        cos[:, : self.rotary_dim] = freqs.cos().repeat_interleave(2, dim=-1)
+        sin[:, : self.rotary_dim] = torch.stack((-sin_f, sin_f), dim=-1).flatten(-2)
+        return cos[:, None, :], sin[:, None, :]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of the first rotary_dim features of each head."""
-    rotary_dim = cos.shape[-1] * 2
-    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
-    even, odd = rot[..., 0::2], rot[..., 1::2]
-    rotated = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
-    return torch.cat((rotated, rest), dim=-1)
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of the first rotary_dim features of each head:
+    ``(x0 * c - x1 * s, x1 * c + x0 * s)``, ``x`` [tokens, heads, head_dim]."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return x * cos + swapped * sin

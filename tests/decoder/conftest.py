@@ -40,5 +40,5 @@ def tiny_model(request: pytest.FixtureRequest, tiny_checkpoint: Path) -> Serving
     the service runs on the CPU): every parity and engine test holds for both."""
     model = ServingGlm4.from_pretrained(tiny_checkpoint, torch.float32, torch.device("cpu"))
     if request.param == "onednn":
-        assert prepack_linears(model) == 6 * model.config.num_hidden_layers + 1  # + lm_head
+        assert prepack_linears(model) == 4 * model.config.num_hidden_layers + 1  # + lm_head
     return model

@@ -26,7 +26,7 @@ from quantize.rtn import rtn_quantize
 from services.cli import main
 from services.decoder.gptq_linear import GPTQLinear
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
-from services.decoder.quant import JoinedLinear, apply_quantization, decoder_linears
+from services.decoder.quant import FUSED, JoinedLinear, apply_quantization, decoder_linears
 from tests.decoder.test_model_parity import new_cache, prefill
 
 CPU = torch.device("cpu")
@@ -74,9 +74,10 @@ def simulated(source: Path, quantized: dict[str, QuantizedWeight]) -> ServingGlm
     weights = {name.replace(TEXT, "model."): w.dequantize() for name, w in quantized.items()}
     for name, parameter in model.named_parameters():
         module = name.removesuffix(".weight")
-        if module.endswith("gate_up_proj"):
-            base = module.removesuffix("gate_up_proj")
-            value = torch.cat((weights[base + "gate_proj"], weights[base + "up_proj"]))
+        fused = next((f for f in FUSED if module.endswith(f)), None)
+        if fused is not None:  # gate_up_proj, qkv_proj: the checkpoint's parts in order
+            base = module.removesuffix(fused)
+            value = torch.cat([weights[base + part] for part in FUSED[fused]])
         elif module in weights:
             value = weights[module]
         else:
@@ -104,9 +105,10 @@ def test_a_gptqmodel_checkpoint_of_glm4v_loads_into_the_fused_layers(
 
     assert apply_quantization(model, "gptq", bundle, CPU) == "gptq-4bit"
 
-    gate_up = model.get_submodule("model.layers.0.mlp.gate_up_proj")
-    # one fused int4 Linear when both halves share an input order; two otherwise
-    assert isinstance(gate_up, JoinedLinear if act_order else GPTQLinear)
+    # one fused int4 Linear when the parts share an input order; one per part otherwise
+    for fused in ("mlp.gate_up_proj", "self_attn.qkv_proj"):
+        module = model.get_submodule(f"model.layers.0.{fused}")
+        assert isinstance(module, JoinedLinear if act_order else GPTQLinear)
     ids = torch.randint(3, 100, (12,), generator=torch.Generator().manual_seed(0))
     ours, expected = logits(model, ids), logits(simulated(glm4v_checkpoint, quantized), ids)
     # the int4 kernels take bf16 activations, the reference runs fp32 dequantized weights: ~1%

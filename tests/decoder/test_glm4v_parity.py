@@ -78,9 +78,12 @@ def test_the_real_checkpoint_config_gives_the_real_rotary_layout() -> None:
     hf_cos, hf_sin = Glm4vTextRotaryEmbedding(config.text_config)(
         torch.zeros(1), positions[:, None]
     )
-    # transformers repeats each frequency for its pair; ours keeps one per pair
-    torch.testing.assert_close(cos[:, 0], hf_cos[0, :, ::2], atol=1e-6, rtol=0)
-    torch.testing.assert_close(sin[:, 0], hf_sin[0, :, ::2], atol=1e-6, rtol=0)
+    # transformers repeats each frequency for its pair, so do we, with the sign of the pair's
+    # first feature in sin and the unrotated half of the head as cos 1, sin 0
+    torch.testing.assert_close(cos[:, 0, :64], hf_cos[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(sin[:, 0, 1:64:2], hf_sin[0, :, 1::2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(-sin[:, 0, :64:2], hf_sin[0, :, ::2], atol=1e-6, rtol=0)
+    assert bool((cos[:, 0, 64:] == 1).all()) and bool((sin[:, 0, 64:] == 0).all())
 
 
 def test_prefill_and_cached_decode_with_3d_positions_match_transformers(

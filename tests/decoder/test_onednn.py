@@ -64,6 +64,6 @@ def test_the_cpu_service_repacks_unless_told_not_to(
     config = DecoderConfig(bundle=bundle, device="cpu", quantization=quant, cpu_prepack=prepack)
     model = load_decoder(config).engine.model
     assert isinstance(model.lm_head, OneDnnLinear if prepack else nn.Linear)
-    q_proj = model.model.layers[0].self_attn.q_proj
+    q_proj = model.model.layers[0].self_attn.qkv_proj
     expected = GPTQLinear if quant == "gptq" else OneDnnLinear if prepack else nn.Linear
     assert type(q_proj) is expected
