@@ -1,131 +1,157 @@
-"""The phone-agent mix of bench/serve.py: Open-AutoGLM's PhoneAgent conversation, turn by turn.
+"""PhoneAgent's conversation through the whole stack, turn by turn (issue 12, point 5).
 
-Each client runs one task as PhoneAgent does (phone_agent/agent.py, v0.1.1): the system prompt
-(bench/phone_agent_prompt.txt: its English prompt, `--lang en`, verbatim; the Chinese default is
-~2.5k GLM tokens, but 7k with this repo's English BPE), then per turn a user message with a NEW
-1080x2400 screenshot (3,354 image tokens at GLM-4.1V's pixel bounds) and the screen info, the
-request as ModelClient sends it (streaming, temperature 0, top_p 0.85, frequency_penalty 0.2),
-then the screenshot removed from that user message (MessageBuilder.remove_images_from_message)
-and the assistant's text appended. So turn N re-sends the system prompt and the text of turns
-1..N-1: with the prefix cache, only the last turn's text and the new screenshot are prefilled,
-and turn N's time to first token should stay near turn 1's (issue 12: turn 10 <= 1.5x turn 1).
-Reported per concurrency (clients in flight, each its own conversation) and turn: TTFT p50
-over the clients, prompt and cached tokens.
+Each client runs one task as Open-AutoGLM's PhoneAgent does (bench/phone_conversation.py): a new
+1080x2400 screenshot per turn, earlier ones dropped from the history, the whole history re-sent,
+PhoneAgent's 1 s wait after each action. Turn N's prompt equals turn N-1's up to where turn
+N-1's screenshot was, so with the prefix cache only the last turn's text and the new screenshot
+are prefilled, and turn N's TTFT stays near turn 1's (target: turn 10 <= 1.5x turn 1 at
+concurrency 8). Per concurrency and turn: TTFT p50 over the clients, prompt tokens, the tokens
+the cache can serve (``Reuse``, from the gateway's /tokenize) and those it served
+(usage.prompt_tokens_details.cached_tokens). The decoder's KV cache is sized for the load
+(``cache_tokens``: the default 16,384 tokens hold three full screenshots' turns, not 8
+histories). Then ``--baseline`` pairs (bench/phone_inprocess.py): an image request through the
+services and the same one run by the same parts in this process (target: at most 1.25x).
+
+Sizing: the phone preset's tower takes ~30 s per 1080x2400 screenshot here and its decoder ~0.3
+GFLOP per prompt token, so the full run (1 and 8 clients x 10 turns) takes about an hour on 2
+cores. ``--quick`` keeps 8 clients x 10 turns and bounds the images' area on the server
+(``QUICK_MAX_PIXELS``, vLLM's mm_processor_kwargs: the clients still send 1080x2400 PNGs, 189
+tokens each after the resize) with 16-token answers: ~10 minutes. Smaller images make the
+re-sent history a larger part of each prompt, the harder test of the cache. ``--turns 0``
+runs only the baseline.
+
+    python -m bench.phone_agent [--quick] [--turns 10] [--concurrency 1 8] [--max-tokens 32]
+                                [--max-pixels 0] [--baseline 3]
+                                [--bundle PATH] [--device cpu] [--output PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import dataclasses
+import statistics
+from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
-from openai.types.chat import ChatCompletionMessageParam, ChatCompletionUserMessageParam
 from rich.console import Console
 
-from bench.report import results_table, write_report
+from bench.bundles import prepared_bundle
+from bench.phone_conversation import (
+    SAMPLING,
+    SCREEN,
+    TASKS,
+    WARM_UP_SCREEN,
+    Messages,
+    Reuse,
+    first_turn_messages,
+    screenshot_url,
+    user_message,
+    without_images,
+)
+from bench.phone_inprocess import InProcess, baseline_pair, print_report, summarize_baseline
+from bench.report import BenchParser, write_report
 from bench.serve import (
     REQUEST_TIMEOUT_S,
     SYSTEM_PROMPT,
     Sample,
-    Sampling,
     cross_check,
     one_request,
     percentile,
+    running_stack,
     scrape,
-    serve_and_measure,
 )
-from testkit.media import b64, image_bytes
+from bundle.layout import Bundle
+from gateway.config import GatewayConfig
+from gateway.positions import image_layout
+from services.decoder.config import DecoderConfig
 
-SCREEN = (1080, 2400)  # a phone screenshot, width x height
-WARM_UP_SCREEN = (280, 280)  # lazy start-up costs paid without a full screenshot's minute
-APPS = ("WeChat", "Meituan", "Taobao", "Amap", "Settings", "Chrome", "Xiaohongshu", "Bilibili")
-TASKS = (
-    "Open Meituan and search for hot pot restaurants nearby.",
-    "Send 'I will be late' to Li Wei on WeChat.",
-    "Find a phone case under 50 yuan on Taobao and add it to the cart.",
-    "Navigate to Hangzhou East station in Amap.",
-    "Turn on dark mode in Settings.",
-    "Search Chrome for tomorrow's weather in Beijing.",
-    "Save the top post about coffee shops on Xiaohongshu.",
-    "Play the latest video of a followed channel on Bilibili.",
-)
-# PhoneAgent's sampling (phone_agent.model.ModelConfig defaults); max_tokens is the bench's.
-SAMPLING = Sampling(temperature=0.0, top_p=0.85, frequency_penalty=0.2)
-Messages = list[ChatCompletionMessageParam]
+# --quick: the image processor's area bound (it counts a still image's 2 frames): 1080x2400
+# becomes 252x588, 189 tokens instead of 3,354.
+QUICK_MAX_PIXELS = 2 * 160_000
+ACTION_DELAY_S = 1.0  # PhoneAgent waits after each action (TimingConfig: default_tap_delay)
+BASELINE_CLIENT = 10_000  # the baseline's screens and tasks differ from every turn's
 
 
-def screenshot_url(client: int, turn: int) -> str:
-    """A different screen for every client and turn (its own shapes and colours)."""
-    return f"data:image/png;base64,{b64(image_bytes('PNG', SCREEN, seed=client * 1000 + turn))}"
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    """One turn as the client saw it, and the prompt tokens the prefix cache could have served:
+    the prompt's common prefix with the one before it (the client's previous turn, else the
+    warm-up's), in whole cache blocks, short of the last token (the decoder computes it)."""
+
+    sample: Sample
+    reusable_tokens: int
 
 
-def user_message(
-    task: str, client: int, turn: int, screenshot: str
-) -> ChatCompletionUserMessageParam:
-    """PhoneAgent's user message: the screenshot first, then the task (first turn) or the
-    screen-info header, with the screen info as JSON (MessageBuilder.build_screen_info)."""
-    info = json.dumps({"current_app": APPS[(client + turn) % len(APPS)]}, ensure_ascii=False)
-    text = f"{task}\n\n{info}" if turn == 0 else f"** Screen Info **\n\n{info}"
-    return {
-        "role": "user",
-        "content": [
-            {"type": "image_url", "image_url": {"url": screenshot}},
-            {"type": "text", "text": text},
-        ],
-    }
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """What every client of a run shares: the stack's two clients, the model, the bundle's
+    reuse rule."""
 
+    client: openai.AsyncOpenAI
+    http: httpx.AsyncClient  # the gateway's own routes (/tokenize)
+    model: str
+    reuse: Reuse
 
-def without_images(message: ChatCompletionUserMessageParam) -> ChatCompletionUserMessageParam:
-    """MessageBuilder.remove_images_from_message: only the text parts stay."""
-    content = message["content"]
-    if isinstance(content, str):
-        return message
-    return {"role": "user", "content": [p for p in content if p["type"] == "text"]}
+    async def prompt_ids(self, messages: Messages) -> list[int]:
+        """The prompt a chat request with these messages gets (the gateway's /tokenize)."""
+        body = {"model": self.model, "messages": messages}
+        response = await self.http.post("/tokenize", json=body)
+        response.raise_for_status()
+        ids: list[int] = response.json()["tokens"]
+        return ids
 
 
 async def conversation(
-    client: openai.AsyncOpenAI,
-    model: str,
-    system_prompt: str,
-    index: int,
-    screenshots: list[str],
-    max_tokens: int,
-) -> list[Sample]:
-    """One task, a turn per screenshot; the samples in turn order."""
+    session: Session, index: int, screenshots: list[str], max_tokens: int, before: list[int]
+) -> list[Turn]:
+    """One task, a turn per screenshot, as PhoneAgent runs it; ``before``: a prompt the cache
+    held before the first turn."""
     task = TASKS[index % len(TASKS)]
-    messages: Messages = [{"role": "system", "content": system_prompt}]
-    samples: list[Sample] = []
+    messages: Messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+    turns: list[Turn] = []
     for turn, screenshot in enumerate(screenshots):
         user = user_message(task, index, turn, screenshot)
         messages.append(user)
-        sample, text = await one_request(client, model, messages, max_tokens, SAMPLING)
-        samples.append(sample)
+        ids = await session.prompt_ids(messages)
+        sample, text = await one_request(
+            session.client, session.model, messages, max_tokens, SAMPLING
+        )
+        turns.append(Turn(sample, session.reuse.tokens(ids, before)))
+        before = ids
         messages[-1] = without_images(user)
         messages.append({"role": "assistant", "content": text})
-    return samples
+        if turn + 1 < len(screenshots):
+            await asyncio.sleep(ACTION_DELAY_S)
+    return turns
 
 
-def summarize_turns(concurrency: int, runs: list[list[Sample]]) -> dict[str, Any]:
-    """Per turn, over the clients: TTFT p50 and max, prompt and cached tokens (means)."""
+def summarize_turns(concurrency: int, runs: list[list[Turn]]) -> dict[str, Any]:
+    """Per turn, over the clients: TTFT p50 and max; prompt, reusable and cached tokens
+    (means)."""
     turns = []
-    for turn, samples in enumerate(zip(*runs, strict=True), start=1):
+    for number, column in enumerate(zip(*runs, strict=True), start=1):
+        samples = [t.sample for t in column]
         ttft = [s.ttft_s for s in samples]
         turns.append({
-            "turn": turn,
+            "turn": number,
             "ttft_p50_s": percentile(ttft, 0.5),
             "ttft_max_s": max(ttft),
-            "prompt_tokens_mean": sum(s.prompt_tokens for s in samples) / len(samples),
-            "cached_tokens_mean": sum(s.cached_tokens for s in samples) / len(samples),
+            "prompt_tokens_mean": statistics.mean(s.prompt_tokens for s in samples),
+            "reusable_tokens_mean": statistics.mean(t.reusable_tokens for t in column),
+            "cached_tokens_mean": statistics.mean(s.cached_tokens for s in samples),
         })  # fmt: skip
-    flat = [s for run in runs for s in run]
+    flat = [t.sample for run in runs for t in run]
+    reusable_total = sum(t.reusable_tokens for run in runs for t in run)
     return {
-        "mix": "phone",
         "concurrency": concurrency,
         "requests": len(flat),
         "turns": turns,
         "last_vs_first_ttft": turns[-1]["ttft_p50_s"] / turns[0]["ttft_p50_s"],
+        # of the prompt tokens the cache could serve, those it served
+        "cache_hit_fraction": sum(s.cached_tokens for s in flat) / max(reusable_total, 1),
         "totals": {
             key: sum(getattr(s, key) for s in flat)
             for key in ("prompt_tokens", "cached_tokens", "completion_tokens")
@@ -133,73 +159,127 @@ def summarize_turns(concurrency: int, runs: list[list[Sample]]) -> dict[str, Any
     }
 
 
-async def measure_phone(
-    url: str, model: str, args: argparse.Namespace, console: Console
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """A cell per --concurrency: that many clients, each a --turns-turn conversation; and the
-    gateway's counters against the client's sums."""
-    async with openai.AsyncOpenAI(
-        base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=REQUEST_TIMEOUT_S
-    ) as client:
-        warm_up = f"data:image/png;base64,{b64(image_bytes('PNG', WARM_UP_SCREEN, seed=999))}"
-        await conversation(client, model, SYSTEM_PROMPT, -1, [warm_up], 2)
-        before = scrape(url)
+def image_tokens(bundle: Path, max_pixels: int) -> int:
+    """A SCREEN-sized screenshot's tokens with the bundle's image processor."""
+    layout = image_layout(Bundle.load(bundle), GatewayConfig(vision_max_pixels=max_pixels))
+    if layout is None:
+        raise ValueError(f"{bundle} is not a GLM-4.1V bundle")
+    width, height = SCREEN
+    return layout.tokens(layout.grid_of(height, width))
+
+
+def cache_tokens(args: argparse.Namespace, image_tokens: int) -> int:
+    """The decoder's KV cache for this load: every client's longest prompt and answer, twice
+    (a client's new turn is written while its previous turn's blocks wait to be evicted), and
+    at least the decoder's default. Each turn adds about an answer and 64 tokens of text."""
+    system = 800  # the English system prompt's tokens, rounded up
+    longest = system + image_tokens + args.turns * (args.max_tokens + 64)
+    return max(DecoderConfig().max_total_tokens, 2 * max(args.concurrency) * longest)
+
+
+async def measure(
+    url: str, args: argparse.Namespace, bundle: Path, local: InProcess | None, console: Console
+) -> dict[str, Any]:
+    """The turns at each --concurrency, then the baseline pairs; the gateway's counters
+    against the client's sums over the turns."""
+    model = Bundle.load(bundle).served_model_name
+    async with (
+        openai.AsyncOpenAI(
+            base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=REQUEST_TIMEOUT_S
+        ) as client,
+        httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S) as http,
+    ):
+        session = Session(client, http, model, Reuse.for_bundle(bundle))
+        warm_up = first_turn_messages(-1, screenshot_url(-1, 0, WARM_UP_SCREEN))
+        await conversation(session, -1, [screenshot_url(-1, 0, WARM_UP_SCREEN)], 2, [])
+        before = await session.prompt_ids(warm_up)
+        if local is not None:
+            await asyncio.to_thread(local.first_token, model, warm_up, 2)
+        counters = scrape(url)
         cells = []
         first_client = 0  # every client of the run gets its own screens
-        for concurrency in args.concurrency:
+        for concurrency in args.concurrency if args.turns else ():
             ids = range(first_client, first_client + concurrency)
             first_client += concurrency
             # The screens are PNG-encoded before the clock starts.
             screens = {i: [screenshot_url(i, t) for t in range(args.turns)] for i in ids}
             runs = await asyncio.gather(*(
-                conversation(client, model, SYSTEM_PROMPT, i, screens[i], args.max_tokens)
-                for i in ids
+                conversation(session, i, screens[i], args.max_tokens, before) for i in ids
             ))  # fmt: skip
-            cell = summarize_turns(concurrency, list(runs))
-            cells.append(cell)
-            first, last = cell["turns"][0], cell["turns"][-1]
-            console.print(
-                f"phone at concurrency {concurrency}: TTFT p50 turn 1 "
-                f"{first['ttft_p50_s']:.1f} s, turn {last['turn']} {last['ttft_p50_s']:.1f} s "
-                f"({cell['last_vs_first_ttft']:.2f}x)"
-            )
-        return cells, cross_check(before, scrape(url), cells)
+            cells.append(summarize_turns(concurrency, list(runs)))
+            console.print(f"concurrency {concurrency}: {cells[-1]['last_vs_first_ttft']:.2f}x")
+        metrics = cross_check(counters, scrape(url), cells)
+        pairs = []
+        if local is not None:
+            pairs = [await baseline(client, model, local, k) for k in range(args.baseline)]
+        return {"cells": cells, "metrics": metrics, "baseline": summarize_baseline(pairs)}
 
 
-def print_turns(report: dict[str, Any], console: Console) -> None:
-    columns = ("conc", "turn", "TTFT p50 s", "TTFT max s", "prompt", "cached")
-    title = (
-        f"serve, phone-agent mix: {report['turns']} turns, a new 1080x2400 screenshot per turn, "
-        f"earlier ones dropped, {report['max_tokens']} tokens per answer, on {report['device']}; "
-        "TTFT p50 over the clients"
-    )
-    table = results_table(title, columns)
-    for cell in report["cells"]:
-        for t in cell["turns"]:
-            table.add_row(
-                str(cell["concurrency"]), str(t["turn"]), f"{t['ttft_p50_s']:.2f}",
-                f"{t['ttft_max_s']:.2f}", f"{t['prompt_tokens_mean']:.0f}",
-                f"{t['cached_tokens_mean']:.0f}",
-            )  # fmt: skip
-    console.print(table)
-    for cell in report["cells"]:
-        console.print(
-            f"concurrency {cell['concurrency']}: last turn / turn 1 TTFT "
-            f"{cell['last_vs_first_ttft']:.2f}x (issue 12 target <= 1.5x)"
-        )
+async def baseline(
+    client: openai.AsyncOpenAI, model: str, local: InProcess, k: int
+) -> dict[str, Any]:
+    """The k-th baseline pair: a first turn (the system prompt cached) with its own screen."""
+    messages = first_turn_messages(BASELINE_CLIENT + k, screenshot_url(BASELINE_CLIENT + k, 0))
+    return await baseline_pair(client, model, local, messages, SAMPLING, k % 2 == 1)
 
 
-def run_phone_mix(args: argparse.Namespace, console: Console) -> int:
-    """The phone-agent mix on the phone preset (built unless --bundle), served as `make up`
-    serves an imported bundle: unquantized unless it holds a GPTQ checkpoint."""
-    output = args.output.with_name(f"{args.output.stem}-phone.json")
-    log = output.with_name(f"{output.stem}-up.log")
-    model, cells, metrics = serve_and_measure(args, "phone", log, console, measure_phone)
+def run(args: argparse.Namespace, console: Console) -> int:
+    """On the phone preset (built unless --bundle), served as `make up` serves an imported
+    bundle: unquantized unless it holds a GPTQ checkpoint."""
+    log = args.output.with_name(f"{args.output.stem}-up.log")
+    with prepared_bundle(args.bundle, console, preset="phone") as bundle:
+        kv = cache_tokens(args, image_tokens(bundle, args.max_pixels))
+        settings = {"AUTOGLM_DECODER_MAX_TOTAL_TOKENS": str(kv)}
+        if args.max_pixels:
+            settings["AUTOGLM_VISION_MAX_PIXELS"] = str(args.max_pixels)
+        local = None
+        if args.baseline:
+            console.print("loading the in-process baseline's parts")
+            local = InProcess(bundle, args.device, args.max_pixels, kv)
+        with running_stack(bundle, args.device, log, console, settings) as url:
+            measured = asyncio.run(measure(url, args, bundle, local, console))
+        model = Bundle.load(bundle).served_model_name
     report: dict[str, Any] = {
         "bench": "serve-phone",
         "bundle": str(args.bundle or "phone preset (built, unquantized as `make up` serves it)"),
         "model": model, "device": args.device, "max_tokens": args.max_tokens,
-        "turns": args.turns, "concurrency": args.concurrency, "cells": cells, "metrics": metrics,
+        "turns": args.turns, "concurrency": args.concurrency, "max_pixels": args.max_pixels,
+        "stack_settings": settings, **measured,
     }  # fmt: skip
-    print_turns(report, console)
-    return write_report(output, report, console, ok=metrics["agree"])
+    print_report(report, console)
+    return write_report(args.output, report, console, ok=measured["metrics"]["agree"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = BenchParser(
+        "serve-phone",
+        __doc__,
+        quick={
+            "concurrency": [8],
+            "turns": 10,
+            "max_tokens": 16,
+            "max_pixels": QUICK_MAX_PIXELS,
+            "baseline": 2,
+        },
+        bundle_help="a GLM-4.1V bundle (default: build the phone preset)",
+        device_help="every service's device (cpu, cuda:N)",
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--turns", type=int, default=10, help="turns per client")
+    parser.add_argument("--max-tokens", type=int, default=32, help="tokens per answer")
+    parser.add_argument(
+        "--max-pixels", type=int, default=0,
+        help="the image processor's area bound on the server (0: the checkpoint's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline", type=int, default=3,
+        help="image requests timed through the services and in process (0: none)",
+    )  # fmt: skip
+    args = parser.parse(argv)
+    if args.turns < 0 or args.max_tokens < 1 or min(args.concurrency) < 1:
+        parser.error("--max-tokens and --concurrency must be at least 1, --turns at least 0")
+    return run(args, Console())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

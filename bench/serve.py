@@ -12,10 +12,9 @@ carry tokens (ITL), end-to-end latency and the usage chunk's token counts (which
 tokens streamed). Per cell: requests/s, output tokens/s and its ratio to concurrency 1
 in the same run, TTFT p50/p90, ITL p50, the cached fraction of the prompt tokens. GET /metrics is
 scraped before and after; its counters' deltas must equal what the client counted.
-``--mix phone`` runs PhoneAgent's multi-turn conversation instead (bench/phone_agent.py).
+PhoneAgent's multi-turn conversation on the phone preset is bench/phone_agent.py.
 
     python -m bench.serve [--quick] [--requests 8] [--concurrency 1 8] [--max-tokens 64]
-                          [--mix media|phone] [--turns 10]
                           [--bundle PATH] [--device cpu] [--output PATH]
 """
 
@@ -28,7 +27,7 @@ import itertools
 import signal
 import statistics
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -242,9 +241,16 @@ def cross_check(
 
 
 @contextmanager
-def running_stack(bundle: Path, device: str, log: Path, console: Console) -> Iterator[str]:
-    """`autoglm up` on free ports until the block ends, then SIGTERM (and nothing left behind)."""
-    stack = LaunchedStack(bundle, device, log)
+def running_stack(
+    bundle: Path,
+    device: str,
+    log: Path,
+    console: Console,
+    settings: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """`autoglm up` on free ports until the block ends, then SIGTERM (and nothing left behind);
+    ``settings``: AUTOGLM_* variables for the services."""
+    stack = LaunchedStack(bundle, device, log, settings)
     try:
         probe = Probe()
         stack.check_ready(probe)
@@ -344,19 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = BenchParser(
         "serve",
         __doc__,
-        quick={"requests": 2, "max_tokens": 16, "concurrency": [1, 2], "turns": 3},
+        quick={"requests": 2, "max_tokens": 16, "concurrency": [1, 2]},
         bundle_help="a quantized bundle (default: build one)",
         device_help="every service's device (cpu, cuda:N)",
     )
     parser.add_argument("--requests", type=int, default=8, help="requests per mix and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
-    parser.add_argument(
-        "--mix", choices=("media", "phone"), default="media",
-        help="media: the three media mixes; phone: PhoneAgent's multi-turn conversation on the "
-        "phone preset (bench/phone_agent.py), --concurrency clients of --turns turns",
-    )  # fmt: skip
-    parser.add_argument("--turns", type=int, default=10, help="phone mix: turns per client")
     args = parser.parse(argv)
     args.concurrency = sorted(set(args.concurrency))
     if args.concurrency[0] != 1:
@@ -366,12 +366,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_tokens < 2:
         parser.error("--max-tokens must be at least 2: ITL needs two tokens")
     console = Console()
-
-    if args.mix == "phone":
-        # Imported here: bench/phone_agent.py builds on this module's request and counters.
-        from bench.phone_agent import run_phone_mix
-
-        return run_phone_mix(args, console)
 
     log = args.output.with_name(f"{args.output.stem}-up.log")
     model, cells, metrics = serve_and_measure(args, "default", log, console, measure)

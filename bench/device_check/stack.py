@@ -12,7 +12,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -42,14 +42,17 @@ LOG_TAIL_CHARS = 3000
 class LaunchedStack:
     """`python -m services.cli up` on ``device``, every service on a free port."""
 
-    def __init__(self, bundle: Path, device: str, log_path: Path) -> None:
+    def __init__(
+        self, bundle: Path, device: str, log_path: Path, settings: Mapping[str, str] | None = None
+    ) -> None:
+        """``settings``: AUTOGLM_* variables for the services."""
         self.bundle = bundle
         self.device = device
         # The model services take calls only with the internal token: give `up` a known one.
         self.token_file = Path(tempfile.mkdtemp(prefix="device-check-")) / "internal-token"
         auth.write_token_file(self.token_file)
         args = ["--startup-timeout-s", str(READY_TIMEOUT_S), "--internal-token-file"]
-        self.up = Up(bundle, log_path, device, [*args, str(self.token_file)])
+        self.up = Up(bundle, log_path, device, [*args, str(self.token_file)], settings)
         self.url = ""
 
     def check_ready(self, probe: Probe) -> None:
