@@ -199,9 +199,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     baseline = report["baseline"]
     if not baseline["pairs"]:
         return
-    columns = ("services", "in process", "preprocess", "tower", "fusion", "prompt", "prefill",
+    pair_columns = ("services", "in process", "preprocess", "tower", "fusion", "prompt", "prefill",
                "prompt tok", "cached")  # fmt: skip
-    pairs = results_table("one image request: services vs in process, s", columns)
+    pairs = results_table("one image request: services vs in process, s", pair_columns)
     for pair in baseline["pairs"]:
         stages = pair["in_process"]
         pairs.add_row(
