@@ -23,7 +23,7 @@ import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import ServiceConfig
+from services.common.interceptor import HandlerInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def _service_of(method: str) -> str:
     return method.split("/")[1] if method.count("/") == 2 else ""
 
 
-class TokenCheck(grpc.aio.ServerInterceptor):
+class TokenCheck(HandlerInterceptor):
     """Refuses every call without the token with UNAUTHENTICATED, except to ``open_services``.
     A refused call's request is never deserialized."""
 
@@ -98,20 +99,16 @@ class TokenCheck(grpc.aio.ServerInterceptor):
         self._expected = f"Bearer {token}".encode()
         self._open = frozenset(open_services)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def replace(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or _service_of(method) in self._open:
+        if _service_of(details.method) in self._open:
             return handler
-        sent = [v for k, v in handler_call_details.invocation_metadata or () if k == HEADER]
+        sent = [v for k, v in details.invocation_metadata or () if k == HEADER]
         given = sent[0] if len(sent) == 1 and isinstance(sent[0], str) else ""
         if hmac.compare_digest(given.encode(), self._expected):
             return handler
-        return _refusal(handler, method)
+        return _refusal(handler, details.method)
 
 
 def _refusal(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

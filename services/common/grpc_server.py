@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common import auth
 from services.common.config import ServiceConfig
 from services.common.errors import NotReady, ServiceError, status_of
+from services.common.interceptor import HandlerInterceptor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,20 +47,15 @@ class Slot(Generic[T]):
         return self._value
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(HandlerInterceptor):
     """Maps domain errors to status codes (``errors.STATUS_OF_ERROR``); anything else is logged
     and becomes INTERNAL with a fixed message, so no exception text (paths, addresses) reaches a
     client."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def replace(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
+        method = details.method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _guard_unary(handler.unary_unary, method),
