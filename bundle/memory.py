@@ -30,21 +30,25 @@ from transformers.configuration_utils import PretrainedConfig
 
 from bundle.hf_import import read_config
 from bundle.layout import MANIFEST, Bundle
+from services.decoder.text_config import TextModelConfig
 
 FP16 = 2
 GPTQ_GROUP_SIZE = 128
-# The gateway's fusion stage: the rest of model.visual.* is the vision service's tower.
-PROJECTOR = ("model.visual.downsample.", "model.visual.merger.")
 
 
 @dataclasses.dataclass(frozen=True)
 class PartMemory:
+    """One service's share of the checkpoint, in FP16 and as the stack serves it."""
+
     service: str
     part: str
     quantization: str
     parameters: int
-    fp16_bytes: int
     served_bytes: int  # in the quantization named above
+
+    @property
+    def fp16_bytes(self) -> int:
+        return self.parameters * FP16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +101,7 @@ def _part(
             if isinstance(module, nn.Linear) and name.startswith(layers) and mine(name + "."):
                 fp = sum(p.numel() for p in module.parameters()) * FP16
                 served += size(module) - fp
-    return PartMemory(service, part, label, total, total * FP16, served)
+    return PartMemory(service, part, label, total, served)
 
 
 def _meta_model(config: PretrainedConfig) -> nn.Module:
@@ -109,12 +113,16 @@ def _meta_model(config: PretrainedConfig) -> nn.Module:
     raise ValueError(f"no memory estimate for a {type(config).__name__}")
 
 
+# The gateway's fusion stage: the rest of model.visual.* is the vision service's tower.
+PROJECTOR = ("model.visual.downsample.", "model.visual.merger.")
+
+
 def estimate(config: PretrainedConfig) -> MemoryEstimate:
     """Each service's weight memory for a GLM-4.1V (or text-only GLM-4) config."""
     model = _meta_model(config)
-    text = config.get_text_config()
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    kv = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * FP16
+    # The decoder's own reading of the text model's shape (its head size rule included).
+    text = TextModelConfig.from_hf(config)
+    kv = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * FP16
     parts: tuple[PartMemory, ...]
     if isinstance(config, Glm4vConfig):
         language = "model.language_model."
