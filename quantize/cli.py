@@ -11,7 +11,7 @@ import hashlib
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -68,13 +68,31 @@ def _validate(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _wanted(args: argparse.Namespace, source: Path) -> QuantConfig:
+    """The checkpoint the flags ask for, with what it is made from in ``meta``: a later run
+    that wants the same config finds the work done."""
+    from quantize.checkpoint import QuantConfig
+
+    made_from = {
+        "quantizer": [QUANTIZER],
+        "source_sha256": _sha256(sorted(source.glob("*.safetensors"))),
+        "calibration_sha256": _sha256([args.calibration]),
+        "samples": args.samples,
+        "seq_len": args.seq_len,
+    }
+    return QuantConfig(
+        args.bits, args.group_size, desc_act=args.act_order, damp_percent=args.damp_percent,
+        lm_head=args.lm_head, meta=made_from,
+    )  # fmt: skip
+
+
 def cli(args: argparse.Namespace) -> int:
     error = _validate(args)
     if error:
         print(f"autoglm quantize: {error}", file=sys.stderr)
         return 2
     from bundle.layout import Bundle
-    from quantize.checkpoint import QuantConfig, read_quant_config
+    from quantize.checkpoint import read_quant_config
 
     try:
         bundle = Bundle.load(args.bundle)
@@ -82,21 +100,7 @@ def cli(args: argparse.Namespace) -> int:
         print(f"autoglm quantize: {exc}", file=sys.stderr)
         return 2
     source, dest = bundle.decoder, bundle.decoder_gptq
-    meta: dict[str, Any] = {
-        "quantizer": [QUANTIZER],
-        "source_sha256": _sha256(sorted(source.glob("*.safetensors"))),
-        "calibration_sha256": _sha256([args.calibration]),
-        "samples": args.samples,
-        "seq_len": args.seq_len,
-    }
-    config = QuantConfig(
-        bits=args.bits,
-        group_size=args.group_size,
-        desc_act=args.act_order,
-        damp_percent=args.damp_percent,
-        lm_head=args.lm_head,
-        meta=meta,
-    )
+    config = _wanted(args, source)
     if not args.force and (dest / "quantize_config.json").is_file():
         try:
             if read_quant_config(dest) == config:
