@@ -41,7 +41,8 @@ from gateway.metrics import ARRIVED, Metrics, ObserveRequests
 from gateway.openapi import ERROR_RESPONSES, STREAM_RESPONSE, truthful_openapi
 from gateway.pipeline import ChoiceEvent, Job, Pipeline
 from gateway.positions import image_layout
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.protocol.chat_completions import ChatCompletionRequest
+from gateway.protocol.completions import CompletionRequest
 from gateway.responses import ChatCompletion, Completion, ModelCard, ModelList
 from gateway.tokenize import (
     DetokenizeRequest,

@@ -27,7 +27,7 @@ from typing import Any, cast
 from jinja2 import TemplateError
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from gateway.protocol import (
+from gateway.protocol.messages import (
     AssistantMessage,
     ImagePart,
     Message,

@@ -18,7 +18,11 @@ from __future__ import annotations
 import json
 
 from gateway.errors import ApiError
-from gateway.protocol import ChatCompletionRequest, JsonObjectFormat, JsonSchemaFormat
+from gateway.protocol.chat_completions import (
+    ChatCompletionRequest,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+)
 from gateway.tools import forced_call_grammar
 from services.decoder.constraint_spec import Constraint, ConstraintKind
 from services.decoder.grammars import phone_action_grammar

@@ -12,12 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, BodyTooLarge, UnsupportedEncoding, map_exception
-from gateway.protocol import (
-    AssistantMessage,
-    ChatInput,
-    RefusalPart,
-    TextPart,
-)
+from gateway.protocol.chat_completions import ChatInput
+from gateway.protocol.messages import AssistantMessage, RefusalPart, TextPart
 
 IDENTITY = (b"", b"identity")
 

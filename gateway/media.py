@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gateway.config import GatewayConfig
 from gateway.media_tokens import MediaTokenCounter
-from gateway.protocol import AudioURLPart, ImagePart, InputAudioPart, MediaPart
+from gateway.protocol.messages import AudioURLPart, ImagePart, InputAudioPart, MediaPart
 from services.common.errors import InvalidInput, TooLarge
 from services.encoder.types import MediaItem
 

@@ -30,14 +30,10 @@ from gateway.errors import ApiError, ContextLengthExceeded
 from gateway.fusion import FusionStage
 from gateway.media import Media, MediaLoader
 from gateway.positions import Grid, ImageLayout
-from gateway.protocol import (
-    ChatCompletionRequest,
-    ChatInput,
-    CompletionRequest,
-    GenerationParams,
-    ImagePart,
-    MediaPart,
-)
+from gateway.protocol.chat_completions import ChatCompletionRequest, ChatInput
+from gateway.protocol.common import GenerationParams
+from gateway.protocol.completions import CompletionRequest
+from gateway.protocol.messages import ImagePart, MediaPart
 from gateway.reasoning import END_THINK, Delta, OutputParser, ReasoningOutput
 from gateway.tools import CallExtractor, ParsedCall
 from services.decoder.constraint_spec import Constraint

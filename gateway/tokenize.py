@@ -15,7 +15,8 @@ from tokenizers import Tokenizer
 
 from gateway.errors import ApiError
 from gateway.pipeline import Pipeline
-from gateway.protocol import MAX_TEXT_CHARS, MAX_TOKENS, ChatInput, Request
+from gateway.protocol.chat_completions import ChatInput
+from gateway.protocol.common import MAX_TEXT_CHARS, MAX_TOKENS, Request
 from gateway.unhonoured import equals, refused
 
 

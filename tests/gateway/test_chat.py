@@ -8,7 +8,7 @@ import pytest
 
 from bundle.layout import Bundle
 from gateway.chat import ChatPrompter
-from gateway.protocol import ChatCompletionRequest
+from gateway.protocol.chat_completions import ChatCompletionRequest
 from services.common.errors import InvalidInput
 
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from gateway.constraints import ANSWER, autoglm_phone_grammar, output_constraint
 from gateway.errors import ApiError
-from gateway.protocol import ChatCompletionRequest
+from gateway.protocol.chat_completions import ChatCompletionRequest
 from services.decoder.constraint_spec import Constraint, ConstraintKind
 
 END_THINK_ID = 14

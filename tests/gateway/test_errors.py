@@ -13,7 +13,7 @@ from gateway.errors import (
     UnsupportedEncoding,
     map_exception,
 )
-from gateway.protocol import ChatCompletionRequest
+from gateway.protocol.chat_completions import ChatCompletionRequest
 from services.common.errors import InvalidInput, NotReady, Overloaded, TooLarge
 
 Code = grpc.StatusCode

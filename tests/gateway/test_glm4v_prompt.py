@@ -11,7 +11,7 @@ from transformers import AutoConfig, Glm4vForConditionalGeneration
 
 from gateway.chat import ChatPrompter, Placeholder
 from gateway.positions import mrope_positions
-from gateway.protocol import ChatCompletionRequest
+from gateway.protocol.chat_completions import ChatCompletionRequest
 from tests.glm4v import CONVERSATIONS, as_template_messages, reference_inputs
 
 

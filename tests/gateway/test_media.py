@@ -20,7 +20,7 @@ from PIL import Image
 from gateway.config import GatewayConfig
 from gateway.media import MediaLoader, check_audio, check_image, decode_data_url
 from gateway.media_tokens import MediaTokenCounter
-from gateway.protocol import AudioURLPart, ImagePart, InputAudioPart
+from gateway.protocol.messages import AudioURLPart, ImagePart, InputAudioPart
 from services.common.errors import InvalidInput, TooLarge
 from testkit.media import audio_bytes, b64, data_url, image_bytes
 

@@ -7,16 +7,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gateway.protocol import (
-    MAX_N,
-    MAX_STOP,
-    AssistantMessage,
-    AudioURLPart,
-    ChatCompletionRequest,
-    CompletionRequest,
-    ImagePart,
-    InputAudioPart,
-)
+from gateway.protocol.chat_completions import ChatCompletionRequest
+from gateway.protocol.common import MAX_N, MAX_STOP
+from gateway.protocol.completions import CompletionRequest
+from gateway.protocol.messages import AssistantMessage, AudioURLPart, ImagePart, InputAudioPart
 from services.decoder.params import SamplingParams, StoppingParams
 
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from tokenizers import Tokenizer
 
 from gateway.chat import ChatPrompter
-from gateway.protocol import ChatCompletionRequest
+from gateway.protocol.chat_completions import ChatCompletionRequest
 from gateway.tools import CallExtractor, Tool, forced_call_grammar, parse_calls
 from services.common.errors import InvalidInput
 
