@@ -7,14 +7,17 @@ agent's shape, a shared system prompt (so the decoder's prefix cache is exercise
 user message, in three mixes: text only, text + one image, text + one image + one 2-second clip.
 Each mix runs ``--requests`` requests at each ``--concurrency`` (1, the baseline, and 8), each
 request ``--max-tokens`` tokens with EOS ignored, greedy, with logprobs so that every token shows
-in the stream. Per request: time to the first streamed token, the mean gap between the chunks that
-carry tokens (ITL), end-to-end latency and the usage chunk's token counts (which must equal the
-tokens streamed). Per cell: requests/s, output tokens/s and its ratio to concurrency 1
-in the same run, TTFT p50/p90, ITL p50, the cached fraction of the prompt tokens. GET /metrics is
-scraped before and after; its counters' deltas must equal what the client counted.
+in the stream. Per request: time to the first streamed token, the mean time per token after it
+(ITL: a chunk may carry several tokens when the stream fell behind), end-to-end latency and the
+usage chunk's token counts (which must equal the tokens streamed). Per cell: requests/s, output
+tokens/s and its ratio to concurrency 1 in the same run, TTFT p50/p90, ITL p50, the cached
+fraction of the prompt tokens, the gateway's and the decoder's CPU time per output token. GET
+/metrics is scraped before and after; its counters' deltas must equal what the client counted.
+``--mixes text`` runs the text mix alone.
 PhoneAgent's multi-turn conversation on the phone preset is bench/phone_agent.py.
 
     python -m bench.serve [--quick] [--requests 8] [--concurrency 1 8] [--max-tokens 64]
+                          [--mixes text image image+audio]
                           [--bundle PATH] [--device cpu] [--output PATH]
 """
 
@@ -23,9 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import itertools
 import signal
-import statistics
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from bench.bundles import prepared_bundle
+from bench.cpu import cpu_seconds
 from bench.device_check.runner import Probe
 from bench.device_check.stack import STOP_TIMEOUT_S, LaunchedStack
 from bench.report import BenchParser, results_table, write_report
@@ -89,7 +91,7 @@ class Sample:
     """One streamed request as the client saw it."""
 
     ttft_s: float
-    itl_s: float | None  # mean gap between chunks that carry tokens; None with a single one
+    itl_s: float | None  # mean time per token after the first; None with a single one
     e2e_s: float
     prompt_tokens: int
     cached_tokens: int
@@ -160,11 +162,10 @@ async def one_request(
         raise RuntimeError(f"stream ended without {'usage' if arrivals else 'any token'}")
     if streamed != usage.completion_tokens:
         raise RuntimeError(f"{streamed} tokens streamed, usage says {usage.completion_tokens}")
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     details = usage.prompt_tokens_details
     sample = Sample(
         ttft_s=arrivals[0] - started,
-        itl_s=statistics.mean(gaps) if gaps else None,
+        itl_s=(arrivals[-1] - arrivals[0]) / (streamed - 1) if streamed > 1 else None,
         e2e_s=ended - started,
         prompt_tokens=usage.prompt_tokens,
         cached_tokens=(details.cached_tokens or 0) if details else 0,
@@ -250,6 +251,19 @@ def running_stack(
 ) -> Iterator[str]:
     """`autoglm up` on free ports until the block ends, then SIGTERM (and nothing left behind);
     ``settings``: AUTOGLM_* variables for the services."""
+    with launched_stack(bundle, device, log, console, settings) as stack:
+        yield stack.url
+
+
+@contextmanager
+def launched_stack(
+    bundle: Path,
+    device: str,
+    log: Path,
+    console: Console,
+    settings: Mapping[str, str] | None = None,
+) -> Iterator[LaunchedStack]:
+    """running_stack's stack itself (its services' pids: ``stack.up.children()``)."""
     stack = LaunchedStack(bundle, device, log, settings)
     try:
         probe = Probe()
@@ -257,7 +271,7 @@ def running_stack(
         if probe.problems:
             raise RuntimeError(f"the stack is not serving: {probe.problems}\n{stack.up.log_tail()}")
         console.print(f"stack ready at {stack.url} after {probe.figures['ready_s']:.1f} s")
-        yield stack.url
+        yield stack
     finally:
         stack.up.process.send_signal(signal.SIGTERM)
         try:
@@ -268,27 +282,35 @@ def running_stack(
 
 
 async def measure(
-    url: str, model: str, args: argparse.Namespace, console: Console
+    stack: LaunchedStack, model: str, args: argparse.Namespace, console: Console
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    url = stack.url
+    pids = {name: stack.up.children()[name] for name in ("gateway", "decoder")}
     async with openai.AsyncOpenAI(
         base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=REQUEST_TIMEOUT_S
     ) as client:
         # Warm-up, one request per mix: first calls allocate and pick kernels, and the system
         # prompt enters the prefix cache as it would after an agent's first step.
-        for number, mix in enumerate(MIXES):
+        for number, mix in enumerate(args.mixes):
             warm_up = first_turn(user_content(mix, WARM_UP_INDEX + number))
             await one_request(client, model, warm_up, 4)
         before = scrape(url)
         cells: list[dict[str, Any]] = []
         index = 0  # every measured request gets its own task and media
-        for mix in MIXES:
+        for mix in args.mixes:
             for concurrency in args.concurrency:
                 contents = [user_content(mix, index + i) for i in range(args.requests)]
                 index += args.requests
+                cpu_before = cpu_seconds(pids)
                 samples, seconds = await run_cell(
                     client, model, contents, concurrency, args.max_tokens
                 )
                 cell = summarize(mix, concurrency, samples, seconds)
+                tokens = sum(s.completion_tokens for s in samples)
+                cell["cpu_ms_per_token"] = {
+                    name: (used - cpu_before[name]) / tokens * 1e3
+                    for name, used in cpu_seconds(pids).items()
+                }
                 baseline = next(c for c in [*cells, cell] if c["mix"] == mix)
                 cell["throughput_ratio_vs_concurrency_1"] = (
                     cell["output_tokens_per_s"] / baseline["output_tokens_per_s"]
@@ -296,7 +318,8 @@ async def measure(
                 cells.append(cell)
                 console.print(
                     f"{mix} at concurrency {concurrency}: "
-                    f"{cell['output_tokens_per_s']:.1f} output tok/s"
+                    f"{cell['output_tokens_per_s']:.1f} output tok/s, CPU per token "
+                    + ", ".join(f"{k} {v:.2f} ms" for k, v in cell["cpu_ms_per_token"].items())
                 )
         return cells, cross_check(before, scrape(url), cells)
 
@@ -329,7 +352,7 @@ def print_table(report: dict[str, Any], console: Console) -> None:
 
 
 Measure = Callable[
-    [str, str, argparse.Namespace, Console],
+    [LaunchedStack, str, argparse.Namespace, Console],
     Coroutine[Any, Any, tuple[list[dict[str, Any]], dict[str, Any]]],
 ]
 
@@ -341,8 +364,8 @@ def serve_and_measure(
     the served model's name, the measured cells and the /metrics cross-check."""
     with prepared_bundle(args.bundle, console, preset=preset) as bundle:
         model = Bundle.load(bundle).served_model_name
-        with running_stack(bundle, args.device, log, console) as url:
-            cells, metrics = asyncio.run(measure(url, model, args, console))
+        with launched_stack(bundle, args.device, log, console) as stack:
+            cells, metrics = asyncio.run(measure(stack, model, args, console))
     return model, cells, metrics
 
 
@@ -357,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=8, help="requests per mix and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
+    parser.add_argument("--mixes", nargs="+", choices=MIXES, default=list(MIXES))
     args = parser.parse(argv)
     args.concurrency = sorted(set(args.concurrency))
     if args.concurrency[0] != 1:
@@ -377,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_tokens": args.max_tokens,
         "requests": args.requests,
         "concurrency": args.concurrency,
-        "mixes": list(MIXES),
+        "mixes": args.mixes,
         "cells": cells,
         "metrics": metrics,
     }

@@ -32,6 +32,7 @@ from gateway.chat import ChatPrompter
 from gateway.clients import ServiceClients
 from gateway.config import GatewayConfig
 from gateway.errors import ModelNotFound, install_error_handlers
+from gateway.events import ChoiceEvent
 from gateway.formatting import Formatter
 from gateway.fusion import FusionStage
 from gateway.limits import BodySizeLimit, check_input_size
@@ -39,7 +40,7 @@ from gateway.media import MediaLoader
 from gateway.media_tokens import MediaTokenCounter
 from gateway.metrics import ARRIVED, Metrics, ObserveRequests
 from gateway.openapi import ERROR_RESPONSES, STREAM_RESPONSE, truthful_openapi
-from gateway.pipeline import ChoiceEvent, Job, Pipeline
+from gateway.pipeline import Job, Pipeline
 from gateway.positions import image_layout
 from gateway.protocol.chat_completions import ChatCompletionRequest
 from gateway.protocol.completions import CompletionRequest

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from tokenizers import Tokenizer
 
 from gateway.errors import map_exception
-from gateway.pipeline import ChoiceEvent, Counts, Job
+from gateway.events import ChoiceEvent, Counts
+from gateway.pipeline import Job
 from gateway.reasoning import token_bytes
 from gateway.responses import (
     CalledFunction,

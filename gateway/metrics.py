@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.pipeline import Counts
+from gateway.events import Counts
 from services.decoder.types import DecoderInfo
 
 T = TypeVar("T")

@@ -27,6 +27,7 @@ from gateway.clients import Deadline, ServiceClients
 from gateway.config import GatewayConfig
 from gateway.constraints import output_constraint
 from gateway.errors import ApiError, ContextLengthExceeded
+from gateway.events import ChoiceEvent, Counts, coalesced
 from gateway.fusion import FusionStage
 from gateway.media import Media, MediaLoader
 from gateway.positions import Grid, ImageLayout
@@ -34,32 +35,13 @@ from gateway.protocol.chat_completions import ChatCompletionRequest, ChatInput
 from gateway.protocol.common import GenerationParams
 from gateway.protocol.completions import CompletionRequest
 from gateway.protocol.messages import ImagePart, MediaPart
-from gateway.reasoning import END_THINK, Delta, OutputParser, ReasoningOutput
+from gateway.reasoning import END_THINK, OutputParser, ReasoningOutput
 from gateway.tools import CallExtractor, ParsedCall
 from services.decoder.constraint_spec import Constraint
 from services.decoder.positions import PositionIds
-from services.decoder.types import GenerateRequest, MultimodalSegment, TokenLogprob
+from services.decoder.types import GenerateRequest, MultimodalSegment
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class ChoiceEvent:
-    index: int
-    delta: Delta
-    logprobs: tuple[TokenLogprob, ...] = ()
-    finish_reason: str | None = None
-    tool_calls: tuple[ParsedCall, ...] = ()  # with the last event, when the output was calls
-
-
-@dataclasses.dataclass
-class Counts:
-    prompt_tokens: int
-    image_tokens: int
-    audio_tokens: int
-    completion_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens the decoder served from its prefix cache
 
 
 @dataclasses.dataclass
@@ -78,7 +60,9 @@ class Job:
     new_extractor: Callable[[], CallExtractor] | None = None  # when tool calls are parsed
 
     async def events(self) -> AsyncGenerator[ChoiceEvent]:
-        """Every choice's events as they come; closing this early cancels every decoder call."""
+        """Every choice's events as they come; closing this early cancels every decoder call.
+        Events that queued while the caller was busy (writing the last chunk) come as one per
+        choice, so a stream that fell behind catches up in one chunk; none is ever waited for."""
         queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
 
         async def produce(index: int) -> None:
@@ -93,13 +77,16 @@ class Job:
         try:
             running = len(tasks)
             while running:
-                item = await queue.get()
-                if item is None:
-                    running -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                for event in coalesced([i for i in items if isinstance(i, ChoiceEvent)]):
+                    yield event
+                for item in items:
+                    if item is None:
+                        running -= 1
+                    elif isinstance(item, BaseException):
+                        raise item
         finally:
             for task in tasks:
                 task.cancel()

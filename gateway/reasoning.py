@@ -3,8 +3,9 @@
 Three things happen per token, in this order:
 1. ``<think>``/``</think>`` ids switch between the reasoning and the content channel (the
    thinking template ends the prompt with ``<think>``, so generation starts in reasoning);
-2. the other ids are detokenized incrementally (``tokenizers``' ``DecodeStream``, which holds
-   back a partial UTF-8 character until its last byte arrives); special tokens are skipped;
+2. the other ids are detokenized incrementally at O(1) per token (``Detokenizer``, which holds
+   back a partial UTF-8 character until its last byte arrives, and flushes what it still holds
+   at a channel switch and at the end); special tokens are skipped;
 3. the text passes a ``StopMatcher``: stop strings match across token boundaries, text that
    might begin a stop string is held back until it is known not to, and a matched stop string
    is never shown.
@@ -22,8 +23,9 @@ import functools
 from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer
-from tokenizers.decoders import DecodeStream
 from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from gateway.detokenizer import Detokenizer
 
 THINK, END_THINK = "<think>", "</think>"
 
@@ -87,13 +89,12 @@ class OutputParser:
         reasoning: ReasoningOutput = ReasoningOutput.DROP,
         split_reasoning: bool = True,
     ) -> None:
-        self.tokenizer = tokenizer
         self.reasoning_output = reasoning
         self.think_id = tokenizer.token_to_id(THINK) if split_reasoning else None
         self.end_think_id = tokenizer.token_to_id(END_THINK) if split_reasoning else None
         self.in_reasoning = thinking and self.end_think_id is not None
         self.matcher = StopMatcher(stop)
-        self.stream = DecodeStream(skip_special_tokens=True)
+        self.detokenizer = Detokenizer(tokenizer)
         self.stopped = False  # a stop string matched: generation should end
         self.reasoning_tokens = 0
         self._opening = self.in_reasoning and reasoning is ReasoningOutput.INLINE
@@ -109,24 +110,34 @@ class OutputParser:
             delta.tokens += 1
             if token in (self.think_id, self.end_think_id):
                 self.reasoning_tokens += 1
-                self._emit(delta, self.matcher.flush())
-                self.stream = DecodeStream(skip_special_tokens=True)
+                self._end_channel(delta)
                 self.in_reasoning = token == self.think_id
-                if self.reasoning_output is ReasoningOutput.INLINE:
+                if self.reasoning_output is ReasoningOutput.INLINE and not self.stopped:
                     delta.content += THINK if self.in_reasoning else END_THINK
                 continue
             if self.in_reasoning:
                 self.reasoning_tokens += 1
-            text, self.stopped = self.matcher.push(self.stream.step(self.tokenizer, token) or "")
-            self._emit(delta, text)
+            self._push(delta, self.detokenizer.step(token))
         return delta
 
     def finish(self) -> Delta:
-        """What was held back for a stop string that never came."""
+        """What was held back: the bytes of an unfinished character, text that might have
+        begun a stop string that never came."""
         delta = Delta()
         if not self.stopped:
-            self._emit(delta, self.matcher.flush())
+            self._end_channel(delta)
         return delta
+
+    def _push(self, delta: Delta, text: str) -> None:
+        """Detokenized text through the stop strings into the delta."""
+        shown, self.stopped = self.matcher.push(text)
+        self._emit(delta, shown)
+
+    def _end_channel(self, delta: Delta) -> None:
+        """Everything held back, before the channel switches or the output ends."""
+        self._push(delta, self.detokenizer.flush())
+        if not self.stopped:
+            self._emit(delta, self.matcher.flush())
 
     def _emit(self, delta: Delta, text: str) -> None:
         if not text:

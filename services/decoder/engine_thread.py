@@ -2,9 +2,12 @@
 
 The engine (and the model) are touched by one thread only. Callers on the event loop put
 "add" and "abort" messages in a thread-safe inbox; the engine thread drains it before every
-step and hands each step's outputs back to the loop with ``call_soon_threadsafe``, where they
-are routed to one asyncio queue per request. A caller that stops listening (a cancelled gRPC
-call) aborts its request, which frees its cache in the engine's next step.
+step and hands each step's outputs back to the loop with one ``call_soon_threadsafe``, where they
+are appended to each request's ``OutputBuffer``. A reader takes everything its buffer holds as
+one output: a reader that fell behind the engine (a slow gRPC write) catches up in one message,
+one that keeps up gets each step's tokens as they come; nothing waits to fill a batch. A caller
+that stops listening (a cancelled gRPC call) aborts its request, which frees its cache in the
+engine's next step.
 
 A step that raises leaves the engine in an unknown state (vLLM's ``EngineDeadError``): the thread
 ends, every open stream gets ``NotReady`` at once, later calls are refused, and ``on_failure``
@@ -35,6 +38,49 @@ _Message = tuple[str, Pending | str | None]
 ENGINE_FAILED = "the decoder's engine failed; the service must be restarted"
 
 
+class OutputBuffer:
+    """One request's outputs, between the loop's deliveries and the request's one reader."""
+
+    __slots__ = ("_error", "_loop", "_outputs", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._outputs: list[GenerateOutput] = []
+        self._error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, output: GenerateOutput) -> None:
+        self._outputs.append(output)
+        self._wake()
+
+    def fail(self, error: Exception) -> None:
+        self._error = error
+        self._wake()
+
+    async def take(self, timeout_s: float | None) -> GenerateOutput | None:
+        """Everything delivered since the last take, as one output; None when nothing came
+        within ``timeout_s``. The error, once the outputs before it were taken."""
+        if not self._outputs and self._error is None:
+            self._waiter = self._loop.create_future()
+            timer = None if timeout_s is None else self._loop.call_later(timeout_s, self._wake)
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        if self._outputs:
+            outputs, self._outputs = self._outputs, []
+            return GenerateOutput.joined(outputs)
+        if self._error is not None:
+            raise self._error
+        return None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
 class EngineThread:
     def __init__(
         self,
@@ -48,7 +94,7 @@ class EngineThread:
         self._on_failure = on_failure
         self.failed = False  # set by the engine thread, read on the loop
         self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
-        self._streams: dict[str, asyncio.Queue[GenerateOutput | Exception]] = {}
+        self._streams: dict[str, OutputBuffer] = {}
         self._thread = threading.Thread(target=self._run, name="decoder-engine", daemon=True)
         self._failing = threading.Lock()  # the engine thread and the watchdog may both fail it
         self._watchdog = StepWatchdog(step_timeout_s, self._hung)
@@ -64,26 +110,30 @@ class EngineThread:
         self._inbox.put(("stop", None))
         self._thread.join(0 if self.failed else self._watchdog.timeout_s)
 
-    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateOutput]:
-        """Stream a request's outputs; leaving early (cancellation, error) aborts it."""
+    async def generate(
+        self, request: GenerateRequest, heartbeat_s: float | None = None
+    ) -> AsyncGenerator[GenerateOutput | None]:
+        """Stream a request's outputs, each one everything that was ready (see OutputBuffer),
+        and None after each ``heartbeat_s`` in which nothing came; leaving early (cancellation,
+        error) aborts it."""
         if self.failed:
             raise NotReady(ENGINE_FAILED)
         # reject what can never run before it queues; hash it here, not on the engine thread
         pending = await asyncio.to_thread(self.engine.prepare, request)
         if request.request_id in self._streams:
             raise InvalidInput(f"request id {request.request_id!r} is already running")
-        stream: asyncio.Queue[GenerateOutput | Exception] = asyncio.Queue()
-        self._streams[request.request_id] = stream
+        stream = self._streams[request.request_id] = OutputBuffer(self._loop)
         self._inbox.put(("add", pending))
         finished = False
         try:
             while not finished:
-                item = await stream.get()
-                if isinstance(item, Exception):
+                try:
+                    output = await stream.take(heartbeat_s)
+                except Exception:
                     finished = True  # the engine already dropped it
-                    raise item
-                finished = item.finished
-                yield item
+                    raise
+                finished = output is not None and output.finished
+                yield output
         finally:
             del self._streams[request.request_id]
             if not finished:
@@ -146,14 +196,14 @@ class EngineThread:
         for output in outputs:
             stream = self._streams.get(output.request_id)
             if stream is not None:  # None: the caller left, its abort is on the way
-                stream.put_nowait(output)
+                stream.put(output)
 
     def _fail_streams(self) -> None:
         for stream in self._streams.values():
-            stream.put_nowait(NotReady(ENGINE_FAILED))
+            stream.fail(NotReady(ENGINE_FAILED))
         self._on_failure()
 
     def _deliver_error(self, request_id: str, exc: Exception) -> None:
         stream = self._streams.get(request_id)
         if stream is not None:
-            stream.put_nowait(exc)
+            stream.fail(exc)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -24,7 +23,6 @@ from services.decoder.types import GenerateRequest
 
 REQUEST_ID_METADATA = "x-request-id"
 HEARTBEAT = decoder_pb2.GenerateResponse(heartbeat=True)
-T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +44,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
         if not generate.request_id:
             generate = dataclasses.replace(generate, request_id=_request_id(context))
         # a cancelled call raises CancelledError in here; leaving the stream aborts the request
-        outputs = running.engine_thread.generate(generate)
-        async for output in with_heartbeats(outputs, self._heartbeat_s):
+        async for output in running.engine_thread.generate(generate, self._heartbeat_s):
             yield HEARTBEAT if output is None else output.to_pb()
 
     async def Info(
@@ -55,30 +52,6 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServicer):
     ) -> decoder_pb2.DecoderInfo:
         running = self._slot.get()
         return running.decoder.info().to_pb()
-
-
-async def with_heartbeats(items: AsyncGenerator[T], every_s: float) -> AsyncGenerator[T | None]:
-    """``items``, with None after each ``every_s`` seconds in which none came. Leaving early
-    cancels the pending read, which closes ``items`` (the engine then aborts the request)."""
-    reading: asyncio.Task[T] | None = None
-    try:
-        while True:
-            reading = reading or asyncio.ensure_future(anext(items))
-            done, _ = await asyncio.wait({reading}, timeout=every_s)
-            if not done:
-                yield None
-                continue
-            try:
-                item = reading.result()
-            except StopAsyncIteration:
-                return
-            reading = None
-            yield item
-    finally:
-        if reading is not None:
-            reading.cancel()
-            await asyncio.gather(reading, return_exceptions=True)
-        await items.aclose()
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:

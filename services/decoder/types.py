@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from autoglm.v1 import decoder_pb2
@@ -160,6 +161,18 @@ class GenerateOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @classmethod
+    def joined(cls, outputs: Sequence[GenerateOutput]) -> GenerateOutput:
+        """Consecutive outputs of one request as one: their tokens in order, the last one's
+        finish reason and counts (the counts are running totals)."""
+        if len(outputs) == 1:
+            return outputs[0]
+        return dataclasses.replace(
+            outputs[-1],
+            token_ids=tuple(t for o in outputs for t in o.token_ids),
+            logprobs=tuple(lp for o in outputs for lp in o.logprobs),
+        )
 
     def to_pb(self) -> decoder_pb2.GenerateResponse:
         return decoder_pb2.GenerateResponse(

@@ -1,11 +1,13 @@
-"""The engine thread's failure modes, in process: a model forward that raises (vLLM's
-test_forward_error) fails every open stream at once and marks the engine dead; a quiet stream
-gets heartbeats instead of silence."""
+"""The engine thread's delivery and failure modes, in process: a reader that fell behind gets
+everything ready as one output, one that keeps up gets each as it comes; a model forward that
+raises (vLLM's test_forward_error) fails every open stream at once and marks the engine dead; a
+quiet stream gets heartbeats instead of silence."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,9 @@ import pytest
 import torch
 
 from services.common.errors import NotReady
-from services.decoder.engine_thread import EngineThread
+from services.decoder.engine_thread import EngineThread, OutputBuffer
 from services.decoder.model import Glm4ForCausalLM
-from services.decoder.server import with_heartbeats
+from services.decoder.types import FinishReason, GenerateOutput, TokenLogprob
 from tests.decoder.engines import make_engine, request
 
 
@@ -62,29 +64,77 @@ async def test_a_failing_forward_fails_every_open_stream_and_the_engine_serves_n
         await asyncio.to_thread(thread.stop)
 
 
-async def test_a_quiet_stream_gets_heartbeats_and_then_its_items() -> None:
-    async def slow() -> AsyncGenerator[int]:
-        await asyncio.sleep(0.35)
-        yield 1
-        yield 2
-
-    got = [item async for item in with_heartbeats(slow(), every_s=0.1)]
-    assert got[:3] == [None, None, None] and got[-2:] == [1, 2]
-    assert set(got[:-2]) == {None}
+def output(token: int, finish: FinishReason | None = None) -> GenerateOutput:
+    logprob = TokenLogprob(token, -0.5 * token)
+    return GenerateOutput("r", (token,), (logprob,), finish, 7, token, 3)
 
 
-async def test_leaving_a_heartbeat_stream_closes_what_it_reads() -> None:
-    closed = asyncio.Event()
+async def test_outputs_that_queued_while_the_reader_was_away_come_as_one() -> None:
+    buffer = OutputBuffer(asyncio.get_running_loop())
+    for token in (1, 2, 3):
+        buffer.put(output(token, FinishReason.LENGTH if token == 3 else None))
+    joined = await buffer.take(None)
+    assert joined is not None
+    assert joined.token_ids == (1, 2, 3)
+    assert [lp.token_id for lp in joined.logprobs] == [1, 2, 3]
+    assert joined.finish_reason is FinishReason.LENGTH
+    assert (joined.prompt_tokens, joined.completion_tokens, joined.cached_tokens) == (7, 3, 3)
 
-    async def endless() -> AsyncGenerator[int]:
-        try:
-            while True:
-                await asyncio.sleep(10)
-                yield 0
-        finally:
-            closed.set()
 
-    stream = with_heartbeats(endless(), every_s=0.05)
-    assert await anext(stream) is None
-    await stream.aclose()
-    assert closed.is_set()  # the engine would abort the request here
+async def test_a_reader_that_keeps_up_gets_each_output_as_it_comes() -> None:
+    buffer = OutputBuffer(asyncio.get_running_loop())
+    reading = asyncio.create_task(buffer.take(None))
+    await asyncio.sleep(0)
+    buffer.put(output(1))
+    first = await asyncio.wait_for(reading, timeout=1)
+    assert first is not None and first.token_ids == (1,)
+    buffer.put(output(2))
+    second = await buffer.take(None)
+    assert second is not None and second.token_ids == (2,)
+
+
+async def test_a_quiet_stream_gets_heartbeats_and_then_its_outputs() -> None:
+    buffer = OutputBuffer(asyncio.get_running_loop())
+    assert await buffer.take(0.05) is None
+    assert await buffer.take(0.05) is None
+    asyncio.get_running_loop().call_later(0.05, buffer.put, output(1))
+    got = [await buffer.take(0.02) for _ in range(6)]
+    tokens = [o.token_ids for o in got if o is not None]
+    assert got[0] is None and tokens == [(1,)]
+
+
+async def test_an_error_comes_after_the_outputs_delivered_before_it() -> None:
+    buffer = OutputBuffer(asyncio.get_running_loop())
+    buffer.put(output(1))
+    buffer.fail(NotReady("gone"))
+    first = await buffer.take(None)
+    assert first is not None and first.token_ids == (1,)
+    with pytest.raises(NotReady, match="gone"):
+        await buffer.take(None)
+
+
+async def test_leaving_a_stream_early_aborts_its_request(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = Glm4ForCausalLM.from_pretrained(tiny_checkpoint, torch.float32, torch.device("cpu"))
+    forward = model.forward
+
+    def slow_forward(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.02)  # 200 tokens would take 4 s
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", slow_forward)
+    engine = make_engine(model, max_running=1)
+    thread = EngineThread(engine, asyncio.get_running_loop())
+    thread.start()
+    try:
+        stream = thread.generate(request("left", 8, max_tokens=200), heartbeat_s=5.0)
+        assert await anext(stream) is not None
+        await stream.aclose()
+        for _ in range(50):
+            if not engine.has_work():
+                break
+            await asyncio.sleep(0.02)
+        assert not engine.has_work()
+    finally:
+        await asyncio.to_thread(thread.stop)
