@@ -12,8 +12,9 @@ then permuting each input the same way. Anything the kernels refuse (8-bit, widt
 multiple of 16, groups they do not support) dequantizes on every call.
 
 On the CPU the int4 kernel only wins at few rows per call: from ``dequant_rows`` rows on (given,
-or measured per shape at construction with "probe", ``int4_dequant.crossover_rows``) a call
-unpacks the same packed codes to bf16 in a scratch buffer and runs oneDNN's bf16 GEMM instead.
+or by default this CPU's row from ``int4_dequant.table_rows``: prefill chunks on an AMX CPU) a
+call unpacks the same packed codes to bf16 in a scratch buffer and runs oneDNN's bf16 GEMM
+instead.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from quantize.checkpoint import QuantizedWeight
-from services.decoder.int4_dequant import can_dequantize, crossover_rows, dequantized_mm
+from services.decoder.int4_dequant import can_dequantize, dequantized_mm, table_rows
 
 KERNEL_GROUP_SIZES = (256, 128, 64, 32)  # what both int4 kernels accept, largest first
 CUDA_INNER_K_TILES = (8, 4, 2)
@@ -58,11 +59,10 @@ class GPTQLinear(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         allow_kernel: bool = True,
-        dequant_rows: int | Literal["probe"] | None = None,
+        dequant_rows: int | Literal["table"] | None = "table",
     ) -> None:
         """``dequant_rows``: the CPU int4 kernel's rows from which to unpack to bf16 instead;
-        "probe" measures it on this shape, None never does. Off by default: under the load
-        of a shared 2-core machine the probe took minutes per model and never found a win."""
+        "table" takes this CPU's from ``int4_dequant.table_rows``, None never unpacks."""
         super().__init__()
         device = torch.device(device)
         weight = QuantizedWeight.unpack(qweight, qzeros, scales, g_idx, bits, checkpoint_format)
@@ -94,9 +94,7 @@ class GPTQLinear(nn.Module):
         scales_and_zeros = _scales_and_zeros(weight, group).to(device, KERNEL_DTYPE)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
         if self.kernel == "int4-cpu" and can_dequantize(self.out_features, device):
-            if dequant_rows == "probe":
-                dequant_rows = crossover_rows(packed, scales_and_zeros, group)
-            self.dequant_rows = dequant_rows
+            self.dequant_rows = table_rows() if dequant_rows == "table" else dequant_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

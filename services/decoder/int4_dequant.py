@@ -6,8 +6,12 @@ GEMM's: on the bench decoder's 5632x1024 MLP it took 1.29 ms at 16 rows against 
 oneDNN bf16 (AMX here), and 35.9 against 13.5 ms at 512 rows. Unpacking the codes to bf16 costs
 one pass over the weight per call, independent of the rows, so from some row count (prefill
 chunks, large batches) unpack + bf16 GEMM is the faster path. Where that crossover lies depends
-on the CPU (AMX or not), the threads and the shape, so ``crossover_rows`` measures it once per
-shape at start-up (``GPTQLinear`` asks at construction) instead of trusting a table.
+on the CPU, and measuring it at start-up took minutes under load on a shared 2-core machine, so
+``table_rows`` gives it from a table instead: with AMX (oneDNN's bf16 GEMM on tiles) unpacking
+wins from ``AMX_ROWS`` rows on all the bench decoder's shapes (1 thread, rows: int4 / unpacked
+ms: MLP 5632x1024 at 512: 97 / 36, at 128: 30 / 32; down 1024x2816 at 512: 51 / 31, at 128:
+12.0 / 11.6; qkv 1536x1024 likewise), which prefill chunks reach and decode batches do not;
+without AMX the bf16 GEMM is no faster than the int4 kernel and the path stays off.
 
 The unpacking reads the int4 kernel's own packed tensor, so no second resident copy exists:
 the unpacked weights live in a per-thread scratch buffer, a chunk of output blocks at a time
@@ -21,19 +25,21 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
-from collections.abc import Callable
 
 import torch
 
 BLOCK_N = 64  # outputs per block of the AVX-512 int4 packing
 CHUNK_WEIGHTS = 1 << 21  # weights unpacked at a time: 2 MB of codes, 16 MB of floats
-PROBE_ROWS = (32, 64, 128, 256, 512)
-PROBE_REPEATS = 2
+AMX_ROWS = 256  # rows from which unpacking wins on an AMX CPU (the table above)
 KERNEL_DTYPE = torch.bfloat16
 
 _scratch = threading.local()
-_crossovers: dict[tuple[int, int, int, int], int | None] = {}
+
+
+def table_rows() -> int | None:
+    """The rows per call from which ``dequantized_mm`` beats the int4 kernel on this CPU (None:
+    never): AMX_ROWS where oneDNN runs bf16 on AMX tiles."""
+    return AMX_ROWS if torch.cpu._is_amx_tile_supported() else None
 
 
 @functools.cache
@@ -121,42 +127,3 @@ def dequantized_mm(
         halves[k:].copy_(exact)
         y[:, columns] = torch.mm(doubled, halves)
     return y
-
-
-def crossover_rows(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int) -> int | None:
-    """The fewest rows from which ``dequantized_mm`` beats the int4 kernel on this shape, here:
-    the first probed row count where it wins twice in a row (None: never up to 512). Measured
-    once per (shape, group, threads) and cached: the layers of a model share a few shapes."""
-    n, k = scales_and_zeros.shape[1], scales_and_zeros.shape[0] * group
-    key = (n, k, group, torch.get_num_threads())
-    if key not in _crossovers:
-        _crossovers[key] = _probe(packed, scales_and_zeros, group, k)
-    return _crossovers[key]
-
-
-def _probe(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int, k: int) -> int | None:
-    def best_s(call: Callable[[torch.Tensor], object], x: torch.Tensor) -> float:
-        times = []
-        for _ in range(PROBE_REPEATS):
-            begin = time.perf_counter()
-            call(x)
-            times.append(time.perf_counter() - begin)
-        return min(times)
-
-    def int4_mm(x: torch.Tensor) -> object:
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, scales_and_zeros)
-
-    def unpacked_mm(x: torch.Tensor) -> object:
-        return dequantized_mm(x, packed, scales_and_zeros, group)
-
-    generator = torch.Generator().manual_seed(0)
-    first_win: int | None = None
-    for rows in PROBE_ROWS:
-        x = torch.randn(rows, k, generator=generator).to(KERNEL_DTYPE)
-        if best_s(unpacked_mm, x) >= best_s(int4_mm, x):
-            first_win = None
-        elif first_win is None:
-            first_win = rows
-        else:
-            return first_win
-    return first_win

@@ -168,14 +168,15 @@ def test_dequantized_path_keeps_act_order_and_needs_no_resident_copy() -> None:
     assert module.packed.numel() == 128 * 256 // 2  # the int4 codes are all it keeps
 
 
-def test_the_crossover_is_measured_once_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    first = layer(quantized(128, 256), dequant_rows="probe")
-    key = (128, 256, 128, torch.get_num_threads())
-    monkeypatch.setitem(int4_dequant._crossovers, key, 17)  # a marked entry
-    second = layer(quantized(128, 256), dequant_rows="probe")
-    assert second.dequant_rows == 17, "the probe ran again instead of reading its cache"
-    assert first.dequant_rows is None or first.dequant_rows in int4_dequant.PROBE_ROWS
+@pytest.mark.skipif(not can_dequantize(64, torch.device("cpu")), reason="no blocked int4 layout")
+def test_the_crossover_comes_from_the_table_for_this_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default a layer unpacks from the table's rows on (AMX: prefill chunks), never
+    without AMX, and a given row count or None (never) overrides the table."""
+    for amx, expected in ((True, int4_dequant.AMX_ROWS), (False, None)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert layer(quantized(128, 256)).dequant_rows == expected
     assert layer(quantized(128, 256), dequant_rows=None).dequant_rows is None
+    assert layer(quantized(128, 256), dequant_rows=17).dequant_rows == 17
 
 
 def test_outputs_not_in_blocks_of_64_keep_the_int4_kernel() -> None:
