@@ -73,6 +73,7 @@ from services.decoder.config import DecoderConfig
 QUICK_MAX_PIXELS = 2 * 160_000
 ACTION_DELAY_S = 1.0  # PhoneAgent waits after each action (TimingConfig: default_tap_delay)
 BASELINE_CLIENT = 10_000  # the baseline's screens and tasks differ from every turn's
+WARM_UP_CLIENT = 20_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,8 +191,9 @@ async def measure(
         httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S) as http,
     ):
         session = Session(client, http, model, Reuse.for_bundle(bundle))
-        warm_up = first_turn_messages(-1, screenshot_url(-1, 0, WARM_UP_SCREEN))
-        await conversation(session, -1, [screenshot_url(-1, 0, WARM_UP_SCREEN)], 2, [])
+        screen = screenshot_url(WARM_UP_CLIENT, 0, WARM_UP_SCREEN)
+        warm_up = first_turn_messages(WARM_UP_CLIENT, screen)
+        await conversation(session, WARM_UP_CLIENT, [screen], 2, [])
         before = await session.prompt_ids(warm_up)
         if local is not None:
             await asyncio.to_thread(local.first_token, model, warm_up, 2)

@@ -211,12 +211,15 @@ class Pipeline:
         deadline = Deadline(self.config.request_timeout_s)
         media = await self._load(body)
         grids = self.layout.grids(media) if self.layout else []
+        counted: list[tuple[str, int]] = [(m.kind, m.tokens) for m in media]
+        prompt = None
         if media:  # the prompt's length from the media headers, before any encoder runs
-            counted: list[tuple[str, int]] = [(m.kind, m.tokens) for m in media]
-            prompt_tokens = len((await self._render(body, counted)).input_ids)
-            await self._check_context_length(body, prompt_tokens, request_id)
+            prompt = await self._render(body, counted)
+            await self._check_context_length(body, len(prompt.input_ids), request_id)
         embeddings = await self._embed(media, grids, request_id, deadline)
-        prompt = await self._render(body, _rows(media, embeddings))
+        rows = _rows(media, embeddings)
+        if prompt is None or rows != counted:  # rendered again only if the encoders disagree
+            prompt = await self._render(body, rows)
         segments = tuple(
             MultimodalSegment(p.offset, e)
             for p, e in zip(prompt.placeholders, embeddings, strict=True)
