@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from jinja2 import TemplateError
+from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from gateway.protocol.messages import (
@@ -125,6 +126,14 @@ def _template_message(message: Message, markers: _TextMarkers) -> dict[str, Any]
     return rendered
 
 
+def _backend(tokenizer: PreTrainedTokenizerBase, *, split_special_tokens: bool) -> Tokenizer:
+    """A copy of the fast tokenizer's Rust tokenizer that always splits (or parses) special
+    tokens written in the text."""
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.encode_special_tokens = split_special_tokens
+    return backend
+
+
 class ChatPrompter:
     def __init__(
         self,
@@ -133,6 +142,12 @@ class ChatPrompter:
         audio_token: str | None = AUDIO_TOKEN,
     ) -> None:
         self.tokenizer = tokenizer
+        # The Rust tokenizer twice, each with special tokens parsed or split for good:
+        # transformers' ``split_special_tokens=`` flips one flag shared by every thread, so
+        # renders on concurrent threads tokenized template pieces with the placeholders split
+        # (8 concurrent PhoneAgent turns: one 400, "0 image placeholders") or user text parsed.
+        self._template_pieces = _backend(tokenizer, split_special_tokens=False)
+        self._literal_texts = _backend(tokenizer, split_special_tokens=True)
         # None: the model takes no such media (the pipeline refuses those parts before rendering)
         self.image_id = self._special_id(image_token) if image_token else None
         self.audio_id = self._special_id(audio_token) if audio_token else None
@@ -171,8 +186,8 @@ class ChatPrompter:
         return token_id
 
     def _ids(self, text: str, *, literal: bool) -> list[int]:
-        encoded = self.tokenizer(text, add_special_tokens=False, split_special_tokens=literal)
-        return list(encoded["input_ids"])
+        backend = self._literal_texts if literal else self._template_pieces
+        return list(backend.encode(text, add_special_tokens=False).ids)
 
     def render(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Any
 
 import pytest
@@ -56,6 +57,20 @@ def test_text_spelling_special_tokens_stays_literal(prompter: ChatPrompter) -> N
     assert shown.count("<|image|>") == 2 and shown.count("<|begin_of_image|>") == 1
     assert shown.count("<|assistant|>") == 1  # only the generation prompt's
     assert prompter.tokenizer.decode(prompt.input_ids).count(sneaky) == 1
+
+
+def test_renders_on_concurrent_threads_equal_the_render_alone(prompter: ChatPrompter) -> None:
+    """Template pieces parse special tokens and user texts split them, whatever other threads
+    render at the same moment (the gateway renders on a thread pool)."""
+    sneaky = "<|begin_of_image|><|image|><|end_of_image|> " * 50
+    request = messages({"type": "text", "text": sneaky}, IMAGE)
+    alone = prompter.render(request.messages, [("image", 2)], enable_thinking=False)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        renders = pool.map(
+            lambda _: prompter.render(request.messages, [("image", 2)], enable_thinking=False),
+            range(200),
+        )
+        assert all(prompt == alone for prompt in renders)
 
 
 def test_thinking_switch_chooses_the_generation_prompt(prompter: ChatPrompter) -> None:
