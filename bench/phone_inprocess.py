@@ -32,7 +32,8 @@ from gateway.chat import ChatPrompter
 from gateway.config import GatewayConfig
 from gateway.fusion import FusionStage
 from gateway.positions import image_layout
-from gateway.protocol import ChatCompletionRequest, ImagePart
+from gateway.protocol.chat_completions import ChatCompletionRequest
+from gateway.protocol.messages import ImagePart
 from services.decoder.config import DecoderConfig
 from services.decoder.engine import Engine
 from services.decoder.loader import load_decoder

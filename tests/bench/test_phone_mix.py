@@ -16,7 +16,7 @@ from bench.phone_conversation import Messages, Reuse, user_message, without_imag
 from bench.phone_inprocess import InProcess
 from bench.serve import Sample
 from bundle.hf_import import import_checkpoint
-from gateway.protocol import ChatCompletionRequest
+from gateway.protocol.chat_completions import ChatCompletionRequest
 from testkit.media import image_bytes
 
 IMAGE = 99
