@@ -18,7 +18,6 @@ from typing import Protocol
 import torch
 
 from bundle.fusion_model import FusionModel
-from bundle.glm4v_projector import Glm4vProjector, is_glm4v_checkpoint
 from bundle.layout import Bundle
 from services.encoder.types import Embedding
 
@@ -53,6 +52,10 @@ class FusionStage:
         """The fusion model in ``folder`` on ``device`` in ``dtype`` ("float16" or "float32")."""
         if dtype not in DTYPES:
             raise ValueError(f"unknown fusion dtype {dtype!r}; choose from {tuple(DTYPES)}")
+        # Imported here: the projector brings transformers' GLM-4.1V modules, which the default
+        # fusion (and a fresh process measuring its memory) does without.
+        from bundle.glm4v_projector import Glm4vProjector, is_glm4v_checkpoint
+
         model: MediaFusion
         if is_glm4v_checkpoint(folder):
             model = Glm4vProjector.from_checkpoint(folder, device, DTYPES[dtype])

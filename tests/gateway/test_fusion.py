@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from bundle.fusion_model import FusionConfig, FusionModel
 from bundle.glm4v_projector import Glm4vProjector
 from bundle.layout import GLM4, Bundle
 from gateway.fusion import FusionStage
 from services.encoder.types import Embedding
-from tests.memory import in_fresh_process, peak_growth_bytes
+from tests.gateway.fusion_growth import FUSION_WIDTH, fusion_peak_growth, items
+from tests.memory import in_fresh_process
 
 CPU = torch.device("cpu")
 
@@ -22,11 +22,6 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def default_stage(bundle: Bundle) -> FusionStage:
     return FusionStage.load(bundle.fusion, CPU, "float16")
-
-
-def items(*shapes: tuple[int, int], seed: int = 0) -> list[Embedding]:
-    generator = torch.Generator().manual_seed(seed)
-    return [Embedding(torch.randn(*shape, generator=generator)) for shape in shapes]
 
 
 def test_default_fusion_keeps_row_counts_and_returns_decoder_width_fp16(
@@ -49,19 +44,6 @@ def test_an_items_embeddings_do_not_depend_on_the_other_items(
     assert torch.equal(with_others[1], alone)
     _, [clip_alone] = default_stage.fuse([], clip)
     assert torch.equal(clip_out, clip_alone)
-
-
-FUSION_WIDTH = FusionConfig(
-    vision_hidden_size=64, audio_hidden_size=64, hidden_size=128, num_attention_heads=2
-)
-
-
-def fusion_peak_growth(tokens: int) -> int:
-    """Peak memory growth of fusing one image of ``tokens`` rows (run in a fresh process)."""
-    torch.manual_seed(0)
-    stage = FusionStage(FusionModel(FUSION_WIDTH).eval(), torch.float32)
-    [image] = items((tokens, FUSION_WIDTH.vision_hidden_size))
-    return peak_growth_bytes(lambda: stage.fuse([image], []))[1]
 
 
 def test_default_fusion_memory_grows_linearly_with_an_items_tokens() -> None:
