@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from services.common.config import ServiceConfig, setting
+from services.common.config import ServiceConfig, limit, setting
 
 MIB = 1024 * 1024
 FUSION_DTYPES = ("float16", "float32")
@@ -25,56 +25,58 @@ class GatewayConfig(ServiceConfig):
     metrics_api_key: str = setting(
         "", "bearer key GET /metrics requires (a scraper's own); empty: /metrics is open"
     )
-    request_timeout_s: float = setting(
+    request_timeout_s: float = limit(
         600.0, "deadline of one request, encoders and decoder together"
     )
-    max_in_flight_requests: int = setting(
+    max_in_flight_requests: int = limit(
         256, "completion requests served at once; past it 429 with Retry-After (TGI's way)"
     )
-    stream_idle_timeout_s: float = setting(
+    stream_idle_timeout_s: float = limit(
         30.0,
         "a decoder stream that sends nothing, not even its heartbeat, for this long is ended with "
         "an error event (a stalled service); keep it above the decoder's --heartbeat-s",
     )
-    default_max_tokens: int = setting(1024, "completion length when a request sets no max_tokens")
-    max_body_mb: int = setting(64, "largest request body")
-    max_messages: int = setting(256, "most messages in one chat request")
-    max_text_chars: int = setting(
+    default_max_tokens: int = limit(1024, "completion length when a request sets no max_tokens")
+    max_body_mb: int = limit(64, "largest request body")
+    max_messages: int = limit(256, "most messages in one chat request")
+    max_text_chars: int = limit(
         400_000, "most characters of text in one request (every message, or the prompt)"
     )
-    max_tool_bytes: int = setting(
+    max_tool_bytes: int = limit(
         256 * 1024, "largest JSON of a request's tools and tool-call arguments together"
     )
-    max_images_per_request: int = setting(16, "most images in one request")
-    max_audios_per_request: int = setting(4, "most audio clips in one request")
-    max_image_mb: int = setting(20, "largest image file")
-    max_image_pixels: int = setting(40_000_000, "largest image width*height, read from its header")
+    max_images_per_request: int = limit(16, "most images in one request", zero_ok=True)
+    max_audios_per_request: int = limit(4, "most audio clips in one request", zero_ok=True)
+    max_image_mb: int = limit(20, "largest image file")
+    max_image_pixels: int = limit(40_000_000, "largest image width*height, read from its header")
     # Read as AUTOGLM_VISION_MAX_PIXELS, the vision service's variable: both must resize alike.
-    vision_max_pixels: int = setting(
-        0, "GLM-4.1V images resized to at most this area (0: the checkpoint's preprocessor)"
+    vision_max_pixels: int = limit(
+        0,
+        "GLM-4.1V images resized to at most this area (0: the checkpoint's preprocessor)",
+        zero_ok=True,
     )
-    max_audio_mb: int = setting(25, "largest audio file")
-    max_audio_seconds: float = setting(600.0, "longest audio clip, read from its header")
-    max_request_image_pixels: int = setting(
+    max_audio_mb: int = limit(25, "largest audio file")
+    max_audio_seconds: float = limit(600.0, "longest audio clip, read from its header")
+    max_request_image_pixels: int = limit(
         64_000_000, "most image pixels (width*height, from headers) in one request"
     )
-    max_request_audio_seconds: float = setting(
+    max_request_audio_seconds: float = limit(
         1200.0, "most seconds of audio (from headers) in one request"
     )
-    max_request_audio_samples: int = setting(
+    max_request_audio_samples: int = limit(
         64_000_000,
         "most samples a request's clips decode to (channels x rate x duration, from headers)",
     )
     image_url_allowlist: tuple[str, ...] = setting(
         (), "hosts http(s) image_url may be fetched from (empty: none)"
     )
-    image_fetch_timeout_s: float = setting(
-        10.0, "time limit for fetching one allowlisted image URL"
-    )
+    image_fetch_timeout_s: float = limit(10.0, "time limit for fetching one allowlisted image URL")
     keep_reasoning_inline: bool = setting(
         False, "keep <think>...</think> inline in content unless a request says otherwise"
     )
-    embedding_cache_mb: int = setting(256, "encoder outputs kept by content hash (0: no cache)")
+    embedding_cache_mb: int = limit(
+        256, "encoder outputs kept by content hash (0: no cache)", zero_ok=True
+    )
     fusion_dtype: str = setting(
         "float16", "fusion stage dtype: float16, or float32 for parity checks"
     )
@@ -84,27 +86,10 @@ class GatewayConfig(ServiceConfig):
         for name in ("vision_target", "audio_target", "decoder_target"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
-        positive = (
-            "request_timeout_s", "max_in_flight_requests", "stream_idle_timeout_s",
-            "default_max_tokens", "max_body_mb", "max_image_mb", "max_image_pixels",
-            "max_audio_mb", "max_audio_seconds", "image_fetch_timeout_s", "max_messages",
-            "max_text_chars", "max_tool_bytes",
-            "max_request_image_pixels", "max_request_audio_seconds", "max_request_audio_samples",
-        )  # fmt: skip
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.fusion_dtype not in FUSION_DTYPES:
             raise ValueError(
                 f"fusion_dtype must be one of {FUSION_DTYPES}, got {self.fusion_dtype!r}"
             )
-        at_least_zero = (
-            "max_images_per_request", "max_audios_per_request", "embedding_cache_mb",
-            "vision_max_pixels",
-        )  # fmt: skip
-        for name in at_least_zero:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def max_body_bytes(self) -> int:

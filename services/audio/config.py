@@ -5,15 +5,21 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from services.encoder.config import EncoderConfig, limit
+from services.common.config import limit
+from services.encoder.config import EncoderConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioConfig(EncoderConfig, env_prefix="AUDIO", port=50052, max_items=16, batch_size=4):
-    NOUNS: ClassVar[tuple[str, str]] = ("clips", "windows")
+class AudioConfig(EncoderConfig):
+    ENV_PREFIX: ClassVar[str] = "AUDIO"
 
+    port: int = 50052
     window_seconds: float = limit(
         30.0, "long clips are encoded in windows this long, so attention stays bounded"
     )
     max_audio_bytes: int = limit(25 * 1024 * 1024, "largest encoded audio file")
     max_audio_seconds: float = limit(600.0, "longest clip, read from the header")
+    # EncoderConfig's batching, restated with this kind's defaults and nouns (a restated
+    # field keeps its place among the flags).
+    max_items: int = limit(16, "most clips per request")
+    batch_size: int = limit(4, "windows per forward pass of the tower")

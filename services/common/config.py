@@ -21,6 +21,7 @@ from services.common import env
 
 C = TypeVar("C", bound="ServiceConfig")
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 DEFAULT_BUNDLE = Path("models/default")
 
@@ -73,6 +74,12 @@ class ServiceConfig:
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         if (self.internal_tls_cert is None) != (self.internal_tls_key is None):
             raise ValueError("internal_tls_cert and internal_tls_key go together")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("positive") and value <= 0:
+                raise ValueError(f"{f.name} must be positive, got {value}")
+            if f.metadata.get("zero_ok") and value < 0:
+                raise ValueError(f"{f.name} must be >= 0, got {value}")
 
     @property
     def max_message_bytes(self) -> int:
@@ -88,6 +95,13 @@ def setting(default: T, text: str, *, name: str = "") -> T:
     name than the field's (``--quant`` for ``quantization``), that name: its --flag and variable."""
     metadata = {"help": text, "name": name} if name else {"help": text}
     return typing.cast(T, dataclasses.field(default=default, metadata=metadata))
+
+
+def limit(default: N, text: str, *, zero_ok: bool = False) -> N:
+    """A setting that must be positive (a size, a count, a time), or with ``zero_ok`` at least 0
+    (0 meaning none or off): ``ServiceConfig`` checks every field made here."""
+    metadata = {"help": text, "zero_ok" if zero_ok else "positive": True}
+    return typing.cast(N, dataclasses.field(default=default, metadata=metadata))
 
 
 def _public_name(f: dataclasses.Field[Any]) -> str:

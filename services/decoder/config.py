@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from services.common.config import ServiceConfig, setting
+from services.common.config import ServiceConfig, limit, setting
 
 QUANT_CHOICES = ("gptq", "nf4", "int8", "none")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -42,12 +42,12 @@ class DecoderConfig(ServiceConfig):
         "requests queued for a batch row; beyond, new ones are refused (RESOURCE_EXHAUSTED, "
         "HTTP 429) until the queue drains",
     )
-    heartbeat_s: float = setting(
+    heartbeat_s: float = limit(
         5.0,
         "a heartbeat on every open stream that produced nothing for this long (queued, "
         "preempted, long prefill), so callers can tell quiet from stalled",
     )
-    step_timeout_s: float = setting(
+    step_timeout_s: float = limit(
         120.0,
         "an engine step (one batch's forward, a prefill chunk included) running longer than "
         "this is a hung engine: every open stream fails and the service turns NOT_SERVING",
@@ -79,9 +79,5 @@ class DecoderConfig(ServiceConfig):
             )
         if self.prefill_chunk_tokens < 1:
             raise ValueError("prefill_chunk_tokens must be at least 1")
-        if self.heartbeat_s <= 0:
-            raise ValueError(f"heartbeat_s must be positive, got {self.heartbeat_s}")
-        if self.step_timeout_s <= 0:
-            raise ValueError(f"step_timeout_s must be positive, got {self.step_timeout_s}")
         if self.max_waiting_requests < 1:
             raise ValueError("max_waiting_requests must be at least 1")

@@ -5,22 +5,24 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from services.common.config import setting
-from services.encoder.config import EncoderConfig, limit
+from services.common.config import limit, setting
+from services.encoder.config import EncoderConfig
 
 OUTPUT_DTYPES = ("float16", "float32")
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig(EncoderConfig, env_prefix="VISION", port=50051, max_items=64, batch_size=16):
-    NOUNS: ClassVar[tuple[str, str]] = ("images", "images")
+class VisionConfig(EncoderConfig):
+    ENV_PREFIX: ClassVar[str] = "VISION"
 
+    port: int = 50051
     max_image_bytes: int = limit(20 * 1024 * 1024, "largest encoded image file")
     max_image_pixels: int = limit(40_000_000, "largest width*height, read from the header")
-    max_pixels: int = setting(
+    max_pixels: int = limit(
         0,
         "GLM-4.1V: the image processor's upper bound, size.longest_edge (as vLLM's "
         "mm_processor_kwargs; it counts a still image's 2 temporal frames); 0: the checkpoint's",
+        zero_ok=True,
     )
     max_batch_patches: int = limit(
         16384, "GLM-4.1V: most patches per forward pass (a larger image runs alone)"
@@ -34,11 +36,13 @@ class VisionConfig(EncoderConfig, env_prefix="VISION", port=50051, max_items=64,
     output_dtype: str = setting(
         "float16", "dtype of the returned embeddings: float16, or float32 for parity checks"
     )
+    # EncoderConfig's batching, restated with this kind's defaults and nouns (a restated
+    # field keeps its place among the flags).
+    max_items: int = limit(64, "most images per request")
+    batch_size: int = limit(16, "images per forward pass of the tower")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_pixels < 0:
-            raise ValueError(f"max_pixels must be >= 0, got {self.max_pixels}")
         if self.output_dtype not in OUTPUT_DTYPES:
             raise ValueError(
                 f"output_dtype must be one of {OUTPUT_DTYPES}, got {self.output_dtype!r}"
