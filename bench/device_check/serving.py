@@ -48,6 +48,8 @@ MIN_TOWER_COSINE = 0.99
 def serving_checks(bundle: Path, device: torch.device) -> Iterator[Check]:
     for quant in QUANT_CHOICES:
         yield Check(f"decoder {quant}", partial(check_decoder, bundle, device, quant))
+    if device.type == "cuda":
+        yield Check("decoder gptq cuda graphs", partial(check_cuda_graphs, bundle, device))
     images = [MediaItem(image_bytes(seed=seed)) for seed in (1, 2)]
     clips = [MediaItem(audio_bytes(seconds, seed=seed)) for seconds, seed in ((1.0, 1), (0.5, 2))]
     load_vision = partial(_load_tower, load_vision_encoder, VisionConfig, bundle)
@@ -109,6 +111,30 @@ def check_decoder(bundle: Path, device: torch.device, quant: str, probe: Probe) 
     )
     if quant in FIRST_TOKEN_MUST_MATCH:
         probe.require(first == len(prompts), "every prompt's first token matches the CPU")
+
+
+def check_cuda_graphs(bundle: Path, device: torch.device, probe: Probe) -> None:
+    """Decode steps replayed as CUDA graphs (--cuda-graphs) give the eager engine's greedy
+    tokens for the same batch; both timed, each after a first run that captures or warms."""
+    prompts = prompt_ids(bundle)
+    timings = {}
+    outputs = {}
+    for graphs in (False, True):
+        release(device)
+        config = DecoderConfig(bundle=bundle, device=str(device), cuda_graphs=graphs)
+        decoder = load_decoder(config)
+        greedy(decoder, prompts)  # captures each bucket the batch passes through
+        synchronize(device)
+        started = time.perf_counter()
+        outputs[graphs] = greedy(decoder, prompts)
+        synchronize(device)
+        timings[graphs] = time.perf_counter() - started
+        if graphs:
+            runner_graphs = decoder.engine.runner.graphs
+            probe.record(buckets=len(runner_graphs.graphs) if runner_graphs else 0)
+        del decoder
+    probe.record(eager_s=timings[False], graphs_s=timings[True], peak_mib=peak_mib(device))
+    probe.require(outputs[True] == outputs[False], "the graphs decode the eager tokens")
 
 
 def _load_tower(

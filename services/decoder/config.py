@@ -37,6 +37,11 @@ class DecoderConfig(ServiceConfig):
         "on the CPU, reorder the FP Linear weights once for oneDNN (1.2-3.7x faster GEMMs "
         "than plain torch)",
     )
+    cuda_graphs: bool = setting(
+        False,
+        "on a CUDA device, run decode steps as CUDA graphs captured per batch-size and KV-length "
+        "bucket (fewer launches per step; captured on first use, memory per bucket)",
+    )
     max_waiting_requests: int = setting(
         256,
         "requests queued for a batch row; beyond, new ones are refused (RESOURCE_EXHAUSTED, "

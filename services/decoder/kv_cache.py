@@ -38,7 +38,10 @@ class KVCache:
     ) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("the KV cache needs at least one block of at least one token")
-        shape = (num_layers, num_blocks * block_size, num_kv_heads, head_dim)
+        # one slot past the blocks: no request owns it; padded rows of a fixed-shape step (CUDA
+        # graphs, cuda_graphs.py) read and write it
+        self.scratch_slot = num_blocks * block_size
+        shape = (num_layers, self.scratch_slot + 1, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size

@@ -119,6 +119,8 @@ def load_decoder(config: DecoderConfig) -> LoadedDecoder:
     eos = eos_token_ids(bundle.decoder)
     constraints = load_constraints(bundle.decoder, int(model_config.vocab_size), eos)
     engine = Engine(model, cache, limits, eos, constraints)
+    if config.cuda_graphs and device.type == "cuda":
+        engine.runner.use_cuda_graphs()
     log.info(
         "decoder on %s (%s, %s): %d cache tokens, max_model_len %d",
         device, dtype, label, cache.total_tokens, max_model_len,

@@ -15,6 +15,7 @@ import torch
 
 from services.common.errors import InvalidInput
 from services.decoder.constraints import GrammarState
+from services.decoder.cuda_graphs import DecodeGraphs
 from services.decoder.kv_cache import KVCache
 from services.decoder.model import Glm4ForCausalLM
 from services.decoder.packing import DevicePrompt, Segment, pack, splice
@@ -38,6 +39,11 @@ class ModelRunner:
         self.slot_table = torch.zeros(
             rows, limits.max_model_len, dtype=torch.long, device=self.device
         )
+        self.graphs: DecodeGraphs | None = None
+
+    def use_cuda_graphs(self) -> None:
+        """Run decode-only steps as CUDA graphs per batch bucket (cuda_graphs.py)."""
+        self.graphs = DecodeGraphs(self.model, self.cache, self.max_model_len)
 
     def validate(self, request: GenerateRequest) -> None:
         """Reject what this model cannot read. Reads only fixed settings: any thread may."""
@@ -71,12 +77,17 @@ class ModelRunner:
         for seq, first in plan.new_blocks:
             self._map(seq, first)
         ids, positions, batch = pack(plan, self.slot_table, self.position_axes)
-        embeds = splice(plan, self.model.embed(ids))
-        hidden = self.model(None, positions, batch, self.cache, inputs_embeds=embeds)
         sampled, index = plan.to_sample()
-        if not sampled:
-            return [], []
-        logits = self.model.logits(hidden[self._longs(index)])
+        # a decode-only step samples every row in order: the graphs' logits are those rows'
+        logits = None
+        if self.graphs is not None and not plan.prefills:
+            logits = self.graphs.logits(ids, positions, batch)
+        if logits is None:
+            embeds = splice(plan, self.model.embed(ids))
+            hidden = self.model(None, positions, batch, self.cache, inputs_embeds=embeds)
+            if not sampled:
+                return [], []
+            logits = self.model.logits(hidden[self._longs(index)])
         grammars = [cast(GrammarState | None, s.grammar) for s in sampled]
         return self.sampler.sample(logits, [s.row for s in sampled], grammars)
 
