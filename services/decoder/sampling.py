@@ -128,9 +128,10 @@ class Sampler:
             tokens = torch.where(
                 self.temperature[index] > 0, self._draw(scores, rows, index), tokens
             )
-        self.counts.index_put_(
-            (index, tokens), torch.ones_like(tokens, dtype=torch.float32), accumulate=True
-        )
+        if any(_penalized(p) for p in params):  # only penalties read the counts
+            self.counts.index_put_(
+                (index, tokens), torch.ones_like(tokens, dtype=torch.float32), accumulate=True
+            )
         token_ids = tokens.tolist()
         for grammar, token in zip(grammars, token_ids, strict=False):
             if grammar is not None:
@@ -203,3 +204,10 @@ class Sampler:
             top = tuple(zip(ids[i][:k], values[i][:k], strict=True))
             out.append(TokenLogprob(token_id=token_ids[i], logprob=chosen[i], top_logprobs=top))
         return out
+
+
+def _penalized(params: SamplingParams) -> bool:
+    """Whether a row's sampling reads the counts of its generated tokens."""
+    return params.repetition_penalty != 1 or bool(
+        params.presence_penalty or params.frequency_penalty
+    )
