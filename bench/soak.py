@@ -105,7 +105,8 @@ async def client_loop(
                     break
         except openai.APIError as exc:
             counts.failed += 1
-            kind = type(exc).__name__
+            # error bodies carry fixed messages per kind, so a few keys name every failure
+            kind = f"{MIXES[n % 3]}: {type(exc).__name__}: {exc.message}"[:200]
             counts.errors[kind] = counts.errors.get(kind, 0) + 1
             await asyncio.sleep(0.5)
             continue
