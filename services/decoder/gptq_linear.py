@@ -19,6 +19,7 @@ instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -104,19 +105,26 @@ class GPTQLinear(nn.Module):
         else:
             if self.perm is not None:
                 x2 = x2.index_select(1, self.perm)
-            x2 = x2.to(KERNEL_DTYPE).contiguous()
-            # .to() is a no-op unless the module was cast (model.to(dtype)) after loading.
-            sz = self.scales_and_zeros.to(KERNEL_DTYPE)
+            x2 = _as(x2, KERNEL_DTYPE).contiguous()
+            sz = self.scales_and_zeros  # in KERNEL_DTYPE whatever the module is cast to (_apply)
             if self.dequant_rows is not None and x2.shape[0] >= self.dequant_rows:
                 y = dequantized_mm(x2, self.packed, sz, self.group)
             elif self.kernel == "int4-cuda":
                 y = torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group, sz)
             else:
                 y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, sz)
-            y = y.to(x.dtype)
+            y = _as(y, x.dtype)
         if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
+            y = y + _as(self.bias, y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
+
+    def _apply(self, fn: Callable[..., torch.Tensor], recurse: bool = True) -> GPTQLinear:
+        """model.to(dtype) casts every floating buffer; the kernels' scales stay in theirs, so
+        no call casts them again."""
+        super()._apply(fn, recurse)
+        if self.kernel != "dequantize":
+            self.scales_and_zeros = _as(self.scales_and_zeros, KERNEL_DTYPE)
+        return self
 
     def dequantized_weight(self) -> torch.Tensor:
         """The fallback's weight [out, in], rebuilt from the stored codes."""
@@ -129,6 +137,11 @@ class GPTQLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bits={self.bits}, kernel={self.kernel}, dequant_rows={self.dequant_rows}"
         )
+
+
+def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor.to(dtype)`` without the dispatch when it is already in it (every call, here)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def int4_layout(

@@ -81,6 +81,18 @@ def test_int4_cpu_kernel_runs_bf16_activations() -> None:
     assert_bf16_close(y, reference(weight, x))
 
 
+def test_a_module_cast_after_loading_keeps_its_kernel_scales() -> None:
+    """model.to(dtype) casts the bias with the model; the int4 kernels' scales stay in bf16."""
+    weight, bias = quantized(64, 256), torch.randn(64)
+    module = layer(weight, bias).to(torch.float16)
+    assert module.scales_and_zeros.dtype == torch.bfloat16
+    assert module.bias is not None and module.bias.dtype == torch.float16
+    x = torch.randn(4, 256, dtype=torch.float16)
+    y = module(x)
+    assert y.dtype == torch.float16
+    assert_bf16_close(y, reference(weight, x, bias))
+
+
 def test_act_order_permutes_inputs_and_keeps_the_kernel() -> None:
     weight = shuffled_groups(quantized(64, 256))
     module = layer(weight)
