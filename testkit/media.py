@@ -50,3 +50,13 @@ def data_url(data: bytes, mime: str) -> str:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def silent_flac(seconds: int, rate: int, channels: int) -> bytes:
+    """Real silence, written a second at a time (FLAC packs it to a few kB per minute)."""
+    out = io.BytesIO()
+    second = np.zeros((rate, channels), dtype=np.int16)
+    with soundfile.SoundFile(out, "w", rate, channels, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(seconds):
+            f.write(second)
+    return out.getvalue()

@@ -19,6 +19,10 @@ class AudioConfig(EncoderConfig):
     )
     max_audio_bytes: int = limit(25 * 1024 * 1024, "largest encoded audio file")
     max_audio_seconds: float = limit(600.0, "longest clip, read from the header")
+    max_request_audio_samples: int = limit(
+        64_000_000,
+        "most samples one request's clips decode to (channels x rate x duration, from headers)",
+    )
     # EncoderConfig's batching, restated with this kind's defaults and nouns (a restated
     # field keeps its place among the flags).
     max_items: int = limit(16, "most clips per request")

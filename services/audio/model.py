@@ -25,7 +25,7 @@ from bundle.layout import Bundle
 from services.audio.config import AudioConfig
 from services.audio.preprocess import AudioLimits, AudioPreprocessor
 from services.common.device import resolve_device
-from services.encoder.pipeline import MediaEncoder
+from services.encoder.pipeline import MediaEncoder, RequestBudget
 from services.encoder.tower import COMPUTE_DTYPE, load_tower, ready_encoder
 
 # The RMSNorm's weight, a [hidden] tensor under "weight", saved in the bundle's audio folder;
@@ -140,4 +140,8 @@ def load_encoder(config: AudioConfig) -> MediaEncoder[torch.Tensor]:
         max_seconds=config.max_audio_seconds,
         min_samples=tower.min_samples,
     )
-    return ready_encoder(tower, AudioPreprocessor(extractor, limits), config)
+    preprocess = AudioPreprocessor(extractor, limits)
+    budget = RequestBudget(
+        preprocess.samples, config.max_request_audio_samples, "samples (channels x frames)"
+    )
+    return ready_encoder(tower, preprocess, config, budget)

@@ -1,15 +1,18 @@
 """Audio bytes -> the 16 kHz mono input values the audio tower expects.
 
-The bytes are sniffed (WAV, FLAC, MP3 only) and the duration read from the header before any
-sample is decoded, so an hour of audio is refused before it is read. Channels are averaged to
-mono and the rate converted with a polyphase filter (scipy's resample_poly); normalization
-follows the tower's own feature-extractor config.
+The bytes are sniffed (WAV, FLAC, MP3 only) and the rate, channels and duration read from the
+header before any sample is decoded, so an hour of audio is refused before it is read (and a
+request's clips are measured from their headers against its sample budget, pipeline.py).
+Channels are averaged to mono and the rate converted with a polyphase filter (scipy's
+resample_poly); normalization follows the tower's own feature-extractor config.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+from collections.abc import Iterator
 from fractions import Fraction
 
 import numpy as np
@@ -59,39 +62,65 @@ class AudioLimits:
     min_samples: int = 1
 
 
-def decode_audio(data: bytes, limits: AudioLimits, rate_out: int) -> np.ndarray:
-    """Bytes -> mono float32 samples at ``rate_out`` Hz."""
+@dataclasses.dataclass(frozen=True)
+class ClipHeader:
+    format: str
+    rate: int
+    channels: int
+    frames: int  # samples per channel
+
+    @property
+    def samples(self) -> int:
+        """What decoding the clip produces, every channel counted."""
+        return self.frames * self.channels
+
+
+def read_header(data: bytes, limits: AudioLimits) -> ClipHeader:
+    """The clip's format, rate, channels and length from its header, checked against the
+    limits; no sample is decoded."""
     if len(data) > limits.max_bytes:
         raise TooLarge(f"audio of {len(data)} bytes exceeds the {limits.max_bytes}-byte limit")
     fmt = sniff_format(data)
+    with _reading(fmt), sf.SoundFile(io.BytesIO(data)) as clip:
+        header = ClipHeader(fmt, int(clip.samplerate), int(clip.channels), int(clip.frames))
+    if not MIN_RATE <= header.rate <= MAX_RATE:
+        raise InvalidInput(f"{fmt} sample rate {header.rate} Hz is outside {MIN_RATE}-{MAX_RATE}")
+    if not 1 <= header.channels <= MAX_CHANNELS:
+        raise InvalidInput(f"{fmt} clip has {header.channels} channels (1-{MAX_CHANNELS})")
+    if header.frames > limits.max_seconds * header.rate:
+        raise TooLarge(
+            f"{fmt} clip of {header.frames / header.rate:.1f} s exceeds the limit of "
+            f"{limits.max_seconds:g} s"
+        )
+    return header
+
+
+@contextlib.contextmanager
+def _reading(fmt: str) -> Iterator[None]:
+    """libsndfile's failures as one fixed message (their text can name the in-memory file)."""
     try:
-        with sf.SoundFile(io.BytesIO(data)) as clip:
-            rate, channels, frames = int(clip.samplerate), int(clip.channels), int(clip.frames)
-            if not MIN_RATE <= rate <= MAX_RATE:
-                raise InvalidInput(f"{fmt} sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE}")
-            if not 1 <= channels <= MAX_CHANNELS:
-                raise InvalidInput(f"{fmt} clip has {channels} channels (1-{MAX_CHANNELS})")
-            if frames > limits.max_seconds * rate:
-                raise TooLarge(
-                    f"{fmt} clip of {frames / rate:.1f} s exceeds the limit of "
-                    f"{limits.max_seconds:g} s"
-                )
-            # Downmix block by block: memory follows the samples actually decoded, and
-            # soundfile never reads past the header's frame count.
-            blocks = [
-                block.mean(axis=1)
-                for block in clip.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True)
-            ]
-    except sf.LibsndfileError as exc:  # its str() would name the in-memory file object
-        raise InvalidInput(f"cannot decode the {fmt} audio: {exc.error_string}") from None
-    except (sf.SoundFileError, RuntimeError, ValueError, EOFError) as exc:
-        raise InvalidInput(f"cannot decode the {fmt} audio: {exc}") from None
+        yield
+    except (sf.SoundFileError, RuntimeError, ValueError, EOFError):
+        raise InvalidInput(f"cannot decode the {fmt} audio") from None
+
+
+def decode_audio(data: bytes, limits: AudioLimits, rate_out: int) -> np.ndarray:
+    """Bytes -> mono float32 samples at ``rate_out`` Hz."""
+    header = read_header(data, limits)
+    fmt = header.format
+    # Downmix block by block: memory follows the samples actually decoded, and soundfile never
+    # reads past the header's frame count.
+    with _reading(fmt), sf.SoundFile(io.BytesIO(data)) as clip:
+        blocks = [
+            block.mean(axis=1)
+            for block in clip.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        ]
     if not blocks:
         raise InvalidInput(f"{fmt} clip has no samples")
     mono = np.concatenate(blocks)
     if not np.isfinite(mono).all():
         raise InvalidInput(f"{fmt} clip holds NaN or infinite samples")
-    samples = resample(mono, rate, rate_out)
+    samples = resample(mono, header.rate, rate_out)
     if len(samples) < limits.min_samples:
         ms_per_sample = 1000 / rate_out
         raise InvalidInput(
@@ -109,6 +138,10 @@ class AudioPreprocessor:
         self.extractor = extractor
         self.limits = limits
         self.sampling_rate = int(extractor.sampling_rate)
+
+    def samples(self, data: bytes) -> int:
+        """What the clip decodes to (channels x frames), from its header alone."""
+        return read_header(data, self.limits).samples
 
     def __call__(self, data: bytes) -> torch.Tensor:
         samples = decode_audio(data, self.limits, self.sampling_rate)

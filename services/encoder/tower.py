@@ -13,7 +13,7 @@ from transformers import AutoModel, PreTrainedModel
 
 from services.encoder.config import EncoderConfig
 from services.encoder.int8 import DEFAULT_THRESHOLD, quantize_linears, weight_bytes
-from services.encoder.pipeline import MediaEncoder
+from services.encoder.pipeline import MediaEncoder, RequestBudget
 from services.encoder.types import Embedding, EncoderInfo
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,10 @@ def tower_info(model: PreTrainedModel, config: EncoderConfig) -> EncoderInfo:
 
 
 def ready_encoder(
-    tower: Tower[T], decode: Callable[[bytes], T], config: EncoderConfig
+    tower: Tower[T],
+    decode: Callable[[bytes], T],
+    config: EncoderConfig,
+    budget: RequestBudget | None = None,
 ) -> MediaEncoder[T]:
     """The tower warmed up (one full batch: start-up fails, not the first request, if the device
     cannot hold it, and lazy initialisation is paid before SERVING), behind its decoder."""
@@ -77,4 +80,5 @@ def ready_encoder(
     def encode(inputs: list[T]) -> list[Embedding]:
         return [Embedding(tensor) for tensor in tower.encode(inputs)]
 
-    return MediaEncoder(decode=decode, encode=encode, info=tower_info(tower.model, config))
+    info = tower_info(tower.model, config)
+    return MediaEncoder(decode=decode, encode=encode, info=info, budget=budget)

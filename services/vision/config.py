@@ -18,6 +18,9 @@ class VisionConfig(EncoderConfig):
     port: int = 50051
     max_image_bytes: int = limit(20 * 1024 * 1024, "largest encoded image file")
     max_image_pixels: int = limit(40_000_000, "largest width*height, read from the header")
+    max_request_image_pixels: int = limit(
+        64_000_000, "most pixels (width*height, from headers) of one request's images"
+    )
     max_pixels: int = limit(
         0,
         "GLM-4.1V: the image processor's upper bound, size.longest_edge (as vLLM's "

@@ -44,7 +44,7 @@ from services.encoder.tower import COMPUTE_DTYPE
 from services.encoder.types import Embedding, EncoderInfo
 from services.vision.config import VisionConfig
 from services.vision.glm4v_preprocess import Glm4vImagePreprocessor, PatchedImage
-from services.vision.preprocess import ImageLimits
+from services.vision.preprocess import ImageLimits, pixel_budget
 
 log = logging.getLogger(__name__)
 
@@ -213,4 +213,5 @@ def load_glm4v_encoder(checkpoint: Path, config: VisionConfig) -> MediaEncoder[P
         hidden_size=int(tower.config.out_hidden_size if projector else tower.config.hidden_size),
         max_items=config.max_items,
     )
-    return MediaEncoder(decode=preprocess, encode=encoder.encode, info=info)
+    budget = pixel_budget(preprocess.pixels, config.max_request_image_pixels)
+    return MediaEncoder(decode=preprocess, encode=encoder.encode, info=info, budget=budget)

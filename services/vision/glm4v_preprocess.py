@@ -19,7 +19,7 @@ from transformers.models.glm4v.image_processing_pil_glm4v import (
     smart_resize,
 )
 
-from services.vision.preprocess import ImageLimits, decode_image
+from services.vision.preprocess import ImageLimits, decode_image, image_pixels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +70,9 @@ class Glm4vImagePreprocessor:
             max_pixels=p.size["longest_edge"],
         )
         return 1, resized_h // p.patch_size, resized_w // p.patch_size
+
+    def pixels(self, data: bytes) -> int:
+        return image_pixels(data, self.limits)
 
     def __call__(self, data: bytes) -> PatchedImage:
         image = decode_image(data, self.limits)

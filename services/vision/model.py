@@ -15,7 +15,7 @@ from services.encoder.pipeline import MediaEncoder
 from services.encoder.tower import COMPUTE_DTYPE, load_tower, ready_encoder
 from services.vision.config import VisionConfig
 from services.vision.glm4v import load_glm4v_encoder
-from services.vision.preprocess import ImageLimits, ImagePreprocessor
+from services.vision.preprocess import ImageLimits, ImagePreprocessor, pixel_budget
 
 
 class VisionTower:
@@ -55,4 +55,7 @@ def load_encoder(config: VisionConfig) -> MediaEncoder[Any]:
         folder, resolve_device(config.device), config.quantization, config.int8_threshold
     )
     tower = VisionTower(model, config.batch_size, getattr(torch, config.output_dtype))
-    return ready_encoder(tower, ImagePreprocessor.load(folder, limits), config)
+    preprocess = ImagePreprocessor.load(folder, limits)
+    return ready_encoder(
+        tower, preprocess, config, pixel_budget(preprocess.pixels, config.max_request_image_pixels)
+    )

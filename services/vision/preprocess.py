@@ -7,8 +7,10 @@ cheaply. Resizing and normalization follow the tower's own preprocessor config.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import AutoImageProcessor, BaseImageProcessor
 
 from services.common.errors import InvalidInput, TooLarge
+from services.encoder.pipeline import RequestBudget
 
 # Pillow format name by leading bytes (WebP: RIFF, a 4-byte size, then WEBP).
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -39,29 +42,54 @@ class ImageLimits:
     max_pixels: int
 
 
-def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Bytes -> an RGB image, upright per its EXIF orientation."""
+def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """The image with its header read and checked against the limits; no pixel decoded yet."""
     if len(data) > limits.max_bytes:
         raise TooLarge(f"image of {len(data)} bytes exceeds the {limits.max_bytes}-byte limit")
     fmt = sniff_format(data)
-    try:
+    with _reading(fmt):
         image = Image.open(io.BytesIO(data), formats=[fmt])
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise InvalidInput(f"{fmt} image has an empty size {width}x{height}")
-        if width * height > limits.max_pixels:
-            raise TooLarge(
-                f"{fmt} image of {width}x{height} pixels exceeds the limit of "
-                f"{limits.max_pixels} pixels"
-            )
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidInput(f"{fmt} image has an empty size {width}x{height}")
+    if width * height > limits.max_pixels:
+        raise TooLarge(
+            f"{fmt} image of {width}x{height} pixels exceeds the limit of "
+            f"{limits.max_pixels} pixels"
+        )
+    return image
+
+
+def image_pixels(data: bytes, limits: ImageLimits) -> int:
+    """width x height, from the header alone."""
+    width, height = open_image(data, limits).size
+    return width * height
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Bytes -> an RGB image, upright per its EXIF orientation."""
+    image = open_image(data, limits)
+    with _reading(image.format or "image"):
         image.load()
         return ImageOps.exif_transpose(image).convert("RGB")
+
+
+@contextlib.contextmanager
+def _reading(fmt: str) -> Iterator[None]:
+    """Pillow's failures as fixed messages (their text can name the in-memory file)."""
+    try:
+        yield
     except UnidentifiedImageError:
         raise InvalidInput(f"the bytes are not a readable {fmt} image") from None
-    except Image.DecompressionBombError as exc:  # Pillow's own, coarser limit
-        raise TooLarge(f"{fmt} image is too large to decode: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidInput(f"cannot decode the {fmt} image: {exc}") from None
+    except Image.DecompressionBombError:  # Pillow's own, coarser limit
+        raise TooLarge(f"{fmt} image is too large to decode") from None
+    except (OSError, SyntaxError, ValueError, EOFError):
+        raise InvalidInput(f"cannot decode the {fmt} image") from None
+
+
+def pixel_budget(measure: Callable[[bytes], int], max_pixels: int) -> RequestBudget:
+    """A request's images hold at most ``max_pixels``, counted from their headers."""
+    return RequestBudget(measure, max_pixels, "pixels (width x height)")
 
 
 class ImagePreprocessor:
@@ -75,6 +103,9 @@ class ImagePreprocessor:
     def load(cls, folder: Path, limits: ImageLimits) -> ImagePreprocessor:
         """The preprocessor config saved with the tower (e.g. SiglipImageProcessor's)."""
         return cls(AutoImageProcessor.from_pretrained(folder), limits)
+
+    def pixels(self, data: bytes) -> int:
+        return image_pixels(data, self.limits)
 
     def __call__(self, data: bytes) -> torch.Tensor:
         image = decode_image(data, self.limits)

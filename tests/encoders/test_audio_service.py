@@ -10,7 +10,7 @@ import torch
 
 from autoglm.v1 import audio_pb2_grpc
 from services.encoder.types import MediaItem, encode_request_to_pb
-from testkit.media import audio_bytes
+from testkit.media import audio_bytes, silent_flac
 from tests.encoders.helpers import EncoderServiceContract, encode, encoded_audio, speech_like
 
 pytestmark = pytest.mark.stack  # every test here talks to service processes
@@ -106,8 +106,28 @@ async def test_a_batch_gives_what_each_clip_gives_alone(
             grpc.StatusCode.OUT_OF_RANGE,
             f"exceeds the limit of {MAX_SECONDS} s",
         ),
+        (
+            encoded_audio(np.zeros((1600, 65), np.float32), 16000),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "WAV clip has 65 channels (1-64)",
+        ),
+        (
+            audio_bytes(0.5, 500),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "WAV sample rate 500 Hz is outside 1000-192000",
+        ),
     ],
-    ids=["garbage", "ogg", "truncated-wav", "flac-marker-only", "too-short", "nan", "too-long"],
+    ids=[
+        "garbage",
+        "ogg",
+        "truncated-wav",
+        "flac-marker-only",
+        "too-short",
+        "nan",
+        "too-long",
+        "65-channels",
+        "500-hz",
+    ],
 )
 async def test_bad_clips_are_refused_with_a_clear_status(
     stub: audio_pb2_grpc.AudioEncoderStub, data: bytes, code: grpc.StatusCode, message: str
@@ -117,6 +137,20 @@ async def test_bad_clips_are_refused_with_a_clear_status(
     assert raised.value.code() == code
     assert raised.value.details().startswith("item 1: ")
     assert message in raised.value.details()
+
+
+async def test_a_request_is_held_to_its_sample_budget_from_the_headers(
+    stub: audio_pb2_grpc.AudioEncoderStub,
+) -> None:
+    # 45 s of 192 kHz 8-channel silence: within the clip length limit, a few kB of FLAC, and
+    # 69 M samples if decoded (the default budget is 64 M)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await encode(stub, [silent_flac(45, rate=192_000, channels=8)])
+    assert raised.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert raised.value.details() == (
+        "the request's items hold 69120000 samples (channels x frames); at most 64000000 per "
+        "request"
+    )
 
 
 async def test_requests_and_responses_over_4_mib_go_through(

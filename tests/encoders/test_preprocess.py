@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.audio.preprocess import AudioLimits, decode_audio, resample
+from services.audio.preprocess import AudioLimits, ClipHeader, decode_audio, read_header, resample
 from services.audio.preprocess import sniff_format as sniff_audio
 from services.common.errors import InvalidInput, TooLarge
-from services.vision.preprocess import ImageLimits, decode_image
+from services.vision.preprocess import ImageLimits, decode_image, image_pixels
 from services.vision.preprocess import sniff_format as sniff_image
-from testkit.media import audio_bytes, image_bytes
+from testkit.media import audio_bytes, image_bytes, silent_flac
 from tests.encoders.helpers import encoded_audio
 
 LIMITS = AudioLimits(max_bytes=2**24, max_seconds=60.0)
@@ -97,3 +97,36 @@ def test_clip_limits_come_from_the_header() -> None:
         decode_audio(audio_bytes(1.0), AudioLimits(max_bytes=1000, max_seconds=2.0), 16000)
     with pytest.raises(InvalidInput, match=r"shorter than the tower's minimum of 25\.0 ms"):
         decode_audio(audio_bytes(0.02), limits, 16000)
+
+
+def test_a_clip_is_measured_from_its_header_alone() -> None:
+    # 45 s of 192 kHz 8-channel silence: 69 M samples from a few kB, none decoded
+    clip = silent_flac(45, rate=192_000, channels=8)
+    started = time.monotonic()
+    header = read_header(clip, LIMITS)
+    assert time.monotonic() - started < 0.1
+    assert header == ClipHeader("FLAC", 192_000, 8, 45 * 192_000)
+    assert header.samples == 69_120_000
+    assert image_pixels(image_bytes("PNG", size=(120, 90)), ImageLimits(2**20, 2**20)) == 10_800
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (audio_bytes(1.0)[:30], "cannot decode the WAV audio"),
+        (b"fLaC" + bytes(60), "cannot decode the FLAC audio"),
+        (audio_bytes(1.0, format="FLAC")[:200], "cannot decode the FLAC audio"),
+    ],
+    ids=["truncated-wav-header", "flac-marker-only", "truncated-flac"],
+)
+def test_undecodable_audio_gets_a_fixed_message(data: bytes, message: str) -> None:
+    """libsndfile's own text (which can name the in-memory file object) is never shown."""
+    with pytest.raises(InvalidInput) as raised:
+        decode_audio(data, LIMITS, 16000)
+    assert str(raised.value) == message
+
+
+def test_undecodable_images_get_a_fixed_message() -> None:
+    with pytest.raises(InvalidInput) as raised:
+        decode_image(image_bytes("JPEG")[:200], ImageLimits(2**20, 2**20))
+    assert str(raised.value) == "cannot decode the JPEG image"

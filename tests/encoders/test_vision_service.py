@@ -119,6 +119,18 @@ async def test_request_size_limits(stub: vision_pb2_grpc.VisionEncoderStub) -> N
     assert len(await encode(stub, [image_bytes("PNG")])) == 1
 
 
+async def test_a_request_is_held_to_its_pixel_budget_from_the_headers(
+    stub: vision_pb2_grpc.VisionEncoderStub,
+) -> None:
+    # two headers of 35 M pixels, each within the 40 M image limit, no pixel data at all
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await encode(stub, [png_header(7000, 5000)] * 2)
+    assert raised.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert raised.value.details() == (
+        "the request's items hold 70000000 pixels (width x height); at most 64000000 per request"
+    )
+
+
 async def test_responses_over_4_mib_go_through(stub: vision_pb2_grpc.VisionEncoderStub) -> None:
     count = 300  # 300 x 64 patches x 128 x 2 bytes: about 4.9 MB of embeddings
     request = encode_request_to_pb([MediaItem(image_bytes("PNG", seed=i)) for i in range(count)])

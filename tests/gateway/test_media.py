@@ -12,9 +12,7 @@ import zlib
 from collections.abc import Iterator
 
 import httpx
-import numpy as np
 import pytest
-import soundfile
 from PIL import Image
 
 from gateway.config import GatewayConfig
@@ -22,7 +20,7 @@ from gateway.media import MediaLoader, check_audio, check_image, decode_data_url
 from gateway.media_tokens import MediaTokenCounter
 from gateway.protocol.messages import AudioURLPart, ImagePart, InputAudioPart
 from services.common.errors import InvalidInput, TooLarge
-from testkit.media import audio_bytes, b64, data_url, image_bytes
+from testkit.media import audio_bytes, b64, data_url, image_bytes, silent_flac
 
 
 def png_header_claiming(width: int, height: int) -> bytes:
@@ -160,16 +158,6 @@ async def test_the_same_bytes_hash_the_same_whatever_part_carries_them() -> None
     )
     first, second = await loader().load([as_input, as_url])
     assert first.sha256 == second.sha256 and first.kind == second.kind == "audio"
-
-
-def silent_flac(seconds: int, rate: int, channels: int) -> bytes:
-    """Real silence, written a second at a time (FLAC packs it to a few kB per minute)."""
-    out = io.BytesIO()
-    second = np.zeros((rate, channels), dtype=np.int16)
-    with soundfile.SoundFile(out, "w", rate, channels, format="FLAC", subtype="PCM_16") as f:
-        for _ in range(seconds):
-            f.write(second)
-    return out.getvalue()
 
 
 def audio_part(data: bytes) -> InputAudioPart:
