@@ -38,7 +38,8 @@ class BatchEncoder(Protocol):
 E = TypeVar("E", bound=BatchEncoder)
 
 
-@dataclasses.dataclass(frozen=True)
+# eq=False: a call is found in the queue by identity (comparing its inputs, tensors, raises)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Call:
     inputs: list[Any]
     result: asyncio.Future[list[Embedding]]

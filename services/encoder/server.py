@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -23,6 +24,7 @@ from autoglm.v1 import audio_pb2, audio_pb2_grpc, encoder_pb2, vision_pb2, visio
 from services.audio.config import AudioConfig
 from services.audio.model import load_encoder as load_audio
 from services.common.grpc_server import Slot, configure_logging, serve
+from services.common.process_exit import exit_now
 from services.encoder.batcher import EncodeBatcher
 from services.encoder.config import EncoderConfig
 from services.encoder.pipeline import MediaEncoder
@@ -76,24 +78,30 @@ KINDS: dict[type[EncoderConfig], EncoderKind] = {
 }
 
 
-def run(config: EncoderConfig) -> int:
+def run(config: EncoderConfig) -> NoReturn:
     """Serve the config's kind until SIGTERM; its pipeline loads after the port listens.
     Concurrent calls are batched together, ``batch_size`` inputs per tower call."""
     kind = KINDS[type(config)]
     configure_logging(config.log_level)
     batcher: Slot[EncodeBatcher[MediaEncoder[Any]]] = Slot()
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="encode") as worker:
-        servicer = EncoderServicer(batcher)
-        asyncio.run(
-            serve(
-                config,
-                service_name=kind.service.full_name,
-                add_servicer=lambda server: kind.add_servicer(servicer, server),
-                load=lambda: batcher.set(
-                    EncodeBatcher(
-                        kind.load(config), worker, config.batch_size, config.max_waiting_calls
-                    )
-                ),
-            )
+    worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="encode")
+    servicer = EncoderServicer(batcher)
+    # Not asyncio.run: closing the loop would wait for every default-executor thread, a model
+    # load that SIGTERM interrupted included (tens of seconds).
+    asyncio.new_event_loop().run_until_complete(
+        serve(
+            config,
+            service_name=kind.service.full_name,
+            add_servicer=lambda server: kind.add_servicer(servicer, server),
+            load=lambda: batcher.set(
+                EncodeBatcher(
+                    kind.load(config), worker, config.batch_size, config.max_waiting_calls
+                )
+            ),
         )
-    return 0
+    )
+    # Every call was answered or cancelled within the shutdown grace; a tower forward or a
+    # load still running has nothing to save.
+    worker.shutdown(wait=False, cancel_futures=True)
+    logging.getLogger(__name__).info("%s stopped", kind.service.full_name)
+    exit_now(0)

@@ -3,6 +3,7 @@ process per module), and a stub of its ``STUB`` class on it per test."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import pytest
 
 from tests.encoders.helpers import Started, client_channel, start_encoder
+
+IDLE_STOP_S = 3.0  # measured 0.45 s; slack for a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +23,10 @@ def started(
     kind, args = request.module.KIND, [*request.module.ARGS, "--enable-reflection"]
     service = start_encoder(kind, bundle_dir, tmp_path_factory.mktemp(f"{kind}-logs"), args)
     yield service
+    stopping = time.monotonic()
     assert service.process.stop() == 0, service.process.log_tail()
+    # an idle encoder stops at once on SIGTERM (interpreter teardown once took 3-16 s)
+    assert time.monotonic() - stopping < IDLE_STOP_S
 
 
 @pytest.fixture

@@ -43,6 +43,16 @@ class Tower:
         return [torch.full((1, 2), float(x)) for x in inputs]
 
 
+class TensorTower(Tower):
+    """Decodes to tensors, as every real tower's preprocessing does."""
+
+    def decode(self, data: bytes) -> torch.Tensor:  # type: ignore[override]
+        return torch.full((2,), float(super().decode(data)))
+
+    def encode(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:  # type: ignore[override]
+        return super().encode([int(x[0]) for x in inputs])
+
+
 @pytest.fixture
 def worker() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -110,14 +120,17 @@ async def test_a_bad_file_fails_only_its_own_call(worker) -> None:
     assert [x for batch in tower.batches for x in batch] == [7]
 
 
-async def test_a_cancelled_call_is_dropped_before_its_pass(worker) -> None:
-    tower = Tower()
+@pytest.mark.parametrize("kind", [Tower, TensorTower])
+async def test_a_cancelled_call_is_dropped_before_its_pass(worker, kind: type[Tower]) -> None:
+    tower = kind()
     batcher = batcher_for(tower, worker, size=8)
     first = await hold_the_tower(tower, batcher)
-    left = asyncio.create_task(batcher(items("2")))
     stays = asyncio.create_task(batcher(items("3")))
+    left = asyncio.create_task(batcher(items("2")))  # queued behind another call
     await asyncio.sleep(0.05)
     left.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await left
     tower.gate.set()
     assert values(await first) == [1] and values(await stays) == [3]
     assert tower.batches == [[1], [3]]
