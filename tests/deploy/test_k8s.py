@@ -2,11 +2,14 @@
 offline), and wired together where the schemas are silent: GPUs, named gRPC probes, selectors,
 headless Services behind the gateway's dns:/// targets, real `autoglm` commands, the internal
 token mounted from one Secret, and a NetworkPolicy that lets only the gateway in. The audio
-service is a folder of its own, applied only for a bundle with an audio part."""
+service is a folder of its own, applied only for a bundle with an audio part; so are the two
+bundle variants (default-bundle/: a Job builds and quantizes it; imported-bundle/: a copied
+checkpoint, no Job), each a ConfigMap of AUTOGLM_* settings every Deployment reads."""
 
 from __future__ import annotations
 
 import copy
+import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -22,7 +25,12 @@ K8S = ROOT / "deploy" / "k8s"
 # `kubectl apply -f deploy/k8s/` (not recursive) for every bundle; audio/ only with an audio part.
 CORE_MANIFESTS = sorted(K8S.glob("*.yaml"))
 AUDIO_MANIFESTS = sorted((K8S / "audio").glob("*.yaml"))
-MANIFESTS = [*CORE_MANIFESTS, *AUDIO_MANIFESTS]
+# Exactly one of these is applied with the core: what fills the volume, and its settings.
+VARIANTS = {
+    name: sorted((K8S / name).glob("*.yaml")) for name in ("default-bundle", "imported-bundle")
+}
+MANIFESTS = [*CORE_MANIFESTS, *AUDIO_MANIFESTS, *VARIANTS["default-bundle"]]
+SETTINGS = "autoglm-settings"
 GPU_SERVICES = ("vision", "audio", "decoder")
 SERVERS = (*GPU_SERVICES, "gateway")
 TOKEN_SECRET = "autoglm-internal-token"
@@ -51,8 +59,20 @@ def main_container(deployment: dict[str, Any]) -> dict[str, Any]:
     return dict(container)
 
 
-def environment(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+def settings(variant: str) -> dict[str, str]:
+    """The variant's ConfigMap of AUTOGLM_* settings."""
+    (config_map,) = [r for r in resources(VARIANTS[variant]) if r["kind"] == "ConfigMap"]
+    assert config_map["metadata"]["name"] == SETTINGS
+    return dict(config_map["data"])
+
+
+def environment(container: dict[str, Any], variant: str = "default-bundle") -> dict[str, str]:
+    """The container's variables: the settings ConfigMap it reads whole (envFrom), then its
+    own ``env``, which Kubernetes lets win."""
+    sources = [s["configMapRef"]["name"] for s in container.get("envFrom", [])]
+    assert set(sources) <= {SETTINGS}, sources
+    shared = settings(variant) if sources else {}
+    return shared | {e["name"]: e["value"] for e in container.get("env", [])}
 
 
 def validate(resource: dict[str, Any]) -> None:
@@ -276,3 +296,47 @@ def test_a_policy_that_lets_others_in_is_found() -> None:
         "gateway",
         "autoglm-bundle",
     }
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_each_variant_is_valid_and_only_the_default_bundle_has_a_job(variant: str) -> None:
+    kinds = sorted(r["kind"] for r in resources(VARIANTS[variant]))
+    assert kinds == (["ConfigMap", "Job"] if variant == "default-bundle" else ["ConfigMap"])
+    for resource in resources(VARIANTS[variant]):
+        validate(resource)
+    assert undeclared_variables(settings(variant)) == []
+
+
+@pytest.mark.parametrize(
+    ("variant", "quantization"), [("default-bundle", "gptq"), ("imported-bundle", "none")]
+)
+def test_every_server_takes_its_settings_from_the_variant(variant: str, quantization: str) -> None:
+    for name, deployment in of_kind("Deployment").items():
+        container = main_container(deployment)
+        assert container["envFrom"] == [{"configMapRef": {"name": SETTINGS}}], name
+        config = service_config(container["args"], environment(container, variant))
+        if name == "decoder":
+            assert config.quantization == quantization  # type: ignore[attr-defined]
+
+
+def wait_for_bundle(variant: str, bundle: Path) -> bool:
+    """Whether the decoder's init container, run with the variant's settings against
+    ``bundle``, lets the decoder start (it exits) rather than waiting on."""
+    (init,) = of_kind("Deployment")["decoder"]["spec"]["template"]["spec"]["initContainers"]
+    environ = environment(init, variant) | {"AUTOGLM_BUNDLE": str(bundle), "PATH": "/usr/bin:/bin"}
+    try:
+        subprocess.run(init["command"], env=environ, timeout=1.0, check=True, capture_output=True)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def test_the_decoder_waits_for_what_its_variant_serves(tmp_path: Path) -> None:
+    (tmp_path / "bundle.json").write_text("{}")
+    # gptq (the default bundle): the Job's quantized decoder too; none: the bundle alone
+    assert not wait_for_bundle("default-bundle", tmp_path)
+    assert wait_for_bundle("imported-bundle", tmp_path)
+    (tmp_path / "decoder-gptq").mkdir()
+    (tmp_path / "decoder-gptq" / "quantize_config.json").write_text("{}")
+    assert wait_for_bundle("default-bundle", tmp_path)
+    assert not wait_for_bundle("imported-bundle", tmp_path / "nothing-copied-yet")
