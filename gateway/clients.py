@@ -7,18 +7,21 @@ encoders are called concurrently in one task group; their outputs are cached by 
 (an LRU bounded in bytes), so an agent that resends its old screenshots does not re-encode them.
 
 Faults end cleanly: an Encode (idempotent) is tried once more on UNAVAILABLE (a replica that
-went away); a decoder stream silent for ``stream_idle_timeout_s`` (the decoder heartbeats
-every few seconds while a request is quiet) is a stalled service and ends with ``NotReady``;
-``end_streams()`` (the gateway shutting down) ends every open decoder stream the same way.
+went away); an encoder call unanswered for ``encode_timeout_s`` (a stalled encoder, which
+keepalive alone would notice only later) ends with ``NotReady``; a decoder stream silent for
+``stream_idle_timeout_s`` (the decoder heartbeats every few seconds while a request is quiet)
+is a stalled service and ends with ``NotReady``; ``end_streams()`` (the gateway shutting
+down) ends every open decoder stream the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
 import anyio
@@ -108,6 +111,7 @@ class ServiceClients:
         self.cache = EmbeddingCache(config.embedding_cache_bytes)
         self._max_items: dict[str, int] = {}
         self._idle_s = config.stream_idle_timeout_s
+        self._encode_timeout_s = config.encode_timeout_s
         self._streams: set[grpc.aio.UnaryStreamCall] = set()  # open decoder calls
         self._ending = False
 
@@ -179,12 +183,14 @@ class ServiceClients:
         """Batches of at most the encoder's max_items, sent concurrently."""
         stub = self.vision if kind == "image" else self.audio
         name = VISION_SERVICE if kind == "image" else AUDIO_SERVICE
+        encoder = "vision" if kind == "image" else "audio"
         if name not in self._max_items:
-            info = await stub.Info(
-                encoder_pb2.EncoderInfoRequest(),
-                timeout=deadline.remaining(),
-                metadata=_metadata(request_id),
-            )
+            with self._encoder_timeout(encoder, deadline) as timeout:
+                info = await stub.Info(
+                    encoder_pb2.EncoderInfoRequest(),
+                    timeout=timeout,
+                    metadata=_metadata(request_id),
+                )
             self._max_items[name] = max(EncoderInfo.from_pb(info).max_items, 1)
         size = self._max_items[name]
         batches = [items[i : i + size] for i in range(0, len(items), size)]
@@ -193,11 +199,12 @@ class ServiceClients:
         async def run(index: int) -> None:
             batch = batches[index]
             pb = encode_request_to_pb([m.to_item() for m in batch])
-            reply = await _once_more_if_unavailable(
-                lambda: stub.Encode(
-                    pb, timeout=deadline.remaining(), metadata=_metadata(request_id)
-                )
-            )
+
+            async def encode() -> encoder_pb2.EncodeResponse:
+                with self._encoder_timeout(encoder, deadline) as timeout:
+                    return await stub.Encode(pb, timeout=timeout, metadata=_metadata(request_id))
+
+            reply = await _once_more_if_unavailable(encode)
             outputs[index] = encode_response_from_pb(reply)
             if len(outputs[index]) != len(batch):
                 raise RuntimeError(
@@ -208,6 +215,21 @@ class ServiceClients:
             for index in range(len(batches)):
                 group.start_soon(run, index)
         return [embedding for batch_out in outputs for embedding in batch_out]
+
+    @contextlib.contextmanager
+    def _encoder_timeout(self, encoder: str, deadline: Deadline) -> Iterator[float]:
+        """The timeout of one encoder call: ``encode_timeout_s``, or what is left of the
+        request's deadline if that comes first. Past the encode timeout the encoder is
+        stalled (stopped, wedged): NotReady, a 503 the client may retry."""
+        left = deadline.remaining()
+        try:
+            yield min(left, self._encode_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or left <= self._encode_timeout_s:
+                raise
+            raise NotReady(
+                f"the {encoder} encoder did not answer within {self._encode_timeout_s:g} s"
+            ) from None
 
     async def generate(
         self, request: GenerateRequest, request_id: str, deadline: Deadline

@@ -36,6 +36,11 @@ class GatewayConfig(ServiceConfig):
         "a decoder stream that sends nothing, not even its heartbeat, for this long is ended with "
         "an error event (a stalled service); keep it above the decoder's --heartbeat-s",
     )
+    encode_timeout_s: float = limit(
+        120.0,
+        "an encoder call unanswered this long is a stalled encoder: the request fails with 503 "
+        "(a phone screenshot takes ~30 s to encode on a CPU)",
+    )
     default_max_tokens: int = limit(1024, "completion length when a request sets no max_tokens")
     max_body_mb: int = limit(64, "largest request body")
     max_messages: int = limit(256, "most messages in one chat request")

@@ -65,6 +65,8 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_GATEWAY_IMAGE_URL_ALLOWLIST": "hosts image_url may fetch from, comma-separated",
     "AUTOGLM_GATEWAY_REQUEST_TIMEOUT_S": "deadline of one request through encoders and decoder",
     "AUTOGLM_GATEWAY_MAX_IN_FLIGHT_REQUESTS": "completion requests served at once (429 past it)",
+    "AUTOGLM_GATEWAY_ENCODE_TIMEOUT_S": "an encoder call unanswered this long fails its "
+    "request with 503 (a stalled encoder)",
     "AUTOGLM_GATEWAY_STREAM_IDLE_TIMEOUT_S": "a decoder stream silent this long (no heartbeat) "
     "is ended with an error (a stalled service)",
     "AUTOGLM_GATEWAY_MAX_BODY_MB": "largest request body the gateway accepts (413 above)",

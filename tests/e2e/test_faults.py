@@ -1,6 +1,7 @@
-"""Faults end cleanly, on real processes: a stopped (SIGSTOP) decoder ends every open stream
-with an error event and [DONE] within the idle bound, while a request that is only quiet (queued
-behind another) lives on its heartbeats; a killed decoder ends its streams at once, /health
+"""Faults end cleanly, on real processes: a stopped (SIGSTOP) encoder fails its request with a
+503 once the encode timeout passes; a stopped decoder ends every open stream with an error
+event and [DONE] within the idle bound, while a request that is only quiet (queued behind
+another) lives on its heartbeats; a killed decoder ends its streams at once, /health
 turns 503, and the gateway serves again within seconds of the restart; a gateway told to stop
 (SIGTERM) ends its open streams with an error event and [DONE]."""
 
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from testkit.media import data_url, image_bytes
 from testkit.processes import spawn
 from tests.conftest import Stack, start_stack, stop_stack
 
@@ -24,6 +26,8 @@ pytestmark = pytest.mark.stack  # every test here starts, stops or kills service
 
 MODEL = "autoglm-phone-9b"
 IDLE_S = 3.0  # the gateway's stream idle bound in these tests (30 s by default)
+ENCODE_TIMEOUT_S = 3.0  # the gateway's encode timeout in these tests (120 s by default)
+GATEWAY_ARGS = ["--stream-idle-timeout-s", str(IDLE_S), "--encode-timeout-s", str(ENCODE_TIMEOUT_S)]
 DECODER_ARGS = ["--quant", "none", "--max-running-requests", "1", "--heartbeat-s", "0.5"]
 
 
@@ -33,7 +37,7 @@ def faulty(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         bundle_dir,
         tmp_path_factory.mktemp("fault-logs"),
         decoder_args=DECODER_ARGS,
-        gateway_args=["--stream-idle-timeout-s", str(IDLE_S)],
+        gateway_args=GATEWAY_ARGS,
     )
     try:
         yield started
@@ -99,6 +103,30 @@ async def test_a_stopped_decoder_ends_every_open_stream_within_the_idle_bound(
         assert [s.status for s in streams] == [200, 503]  # streaming, and not yet begun
     finally:
         os.kill(faulty.decoder.proc.pid, signal.SIGCONT)
+
+
+async def test_a_stopped_encoder_fails_its_request_with_503_within_the_encode_timeout(
+    faulty: Stack,
+) -> None:
+    image = {"type": "image_url", "image_url": {"url": data_url(image_bytes(), "image/png")}}
+    message = {"role": "user", "content": [image, {"type": "text", "text": "what is it?"}]}
+    request = {"model": MODEL, "messages": [message], "max_tokens": 4}
+    os.kill(faulty.vision.proc.pid, signal.SIGSTOP)  # stalled: the port open, no answer
+    try:
+        started = time.monotonic()
+        async with httpx.AsyncClient(timeout=60) as http:
+            reply = await http.post(f"{faulty.base_url}/chat/completions", json=request)
+        took = time.monotonic() - started
+    finally:
+        os.kill(faulty.vision.proc.pid, signal.SIGCONT)
+    assert reply.status_code == 503 and reply.headers["retry-after"]
+    assert reply.json()["error"]["message"] == (
+        f"the vision encoder did not answer within {ENCODE_TIMEOUT_S:g} s"
+    )
+    assert ENCODE_TIMEOUT_S <= took < ENCODE_TIMEOUT_S + 3  # not keepalive's ~15 s, nor a retry
+    async with httpx.AsyncClient(timeout=60) as http:  # and once it runs again, it answers
+        reply = await http.post(f"{faulty.base_url}/chat/completions", json=request)
+    assert reply.status_code == 200, reply.text
 
 
 async def test_a_quiet_request_outlives_the_idle_bound_on_heartbeats(faulty: Stack) -> None:
