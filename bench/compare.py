@@ -79,11 +79,29 @@ def llama_source(log: Path) -> Path:
     return source
 
 
+def isa_options() -> list[str]:
+    """ggml's x86 ISA switches for what this CPU has, AMX left off.
+
+    Not GGML_NATIVE: with -march=native ggml compiles its AMX matmul, which dies here with an
+    illegal instruction (``tilezero`` in ggml_backend_amx_mul_mat, although the kernel grants
+    the process AMX and oneDNN runs AMX fine), so llama-server could not serve at all.
+    """
+    flags = (
+        set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    )
+    switches = {"avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "bmi2": "BMI2",
+                "avx_vnni": "AVX_VNNI", "avx512f": "AVX512", "avx512_vnni": "AVX512_VNNI",
+                "avx512_bf16": "AVX512_BF16", "avx512vbmi": "AVX512_VBMI"}  # fmt: skip
+    return ["-DGGML_NATIVE=OFF"] + [
+        f"-DGGML_{name}={'ON' if flag in flags else 'OFF'}" for flag, name in switches.items()
+    ]
+
+
 def llama_binaries(source: Path, log: Path) -> Path:
     """llama-server and llama-quantize, Release, without curl; the build folder is cached."""
     build = CACHE / "build"
     options = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-               "-DLLAMA_BUILD_EXAMPLES=OFF"]  # fmt: skip
+               "-DLLAMA_BUILD_EXAMPLES=OFF", *isa_options()]  # fmt: skip
     run(["cmake", "-S", str(source), "-B", str(build), *options], log)
     targets = ["--target", "llama-server", "llama-quantize"]
     run(["cmake", "--build", str(build), "--config", "Release", "-j", "2", *targets], log)
