@@ -10,12 +10,14 @@ import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import grpc
 
 from autoglm.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common.grpc_server import Slot, configure_logging, serve
 from services.common.health import DECODER_SERVICE
+from services.common.process_exit import exit_now
 from services.decoder.config import DecoderConfig
 from services.decoder.engine_thread import EngineThread
 from services.decoder.loader import LoadedDecoder, load_decoder
@@ -94,7 +96,9 @@ async def _serve(config: DecoderConfig) -> None:
     )
 
 
-def run(config: DecoderConfig) -> int:
+def run(config: DecoderConfig) -> NoReturn:
     configure_logging(config.log_level)
-    asyncio.run(_serve(config))
-    return 0
+    # as the encoders (services/encoder/server.py): no wait for a load SIGTERM interrupted, no
+    # interpreter teardown once serving stopped (an idle decoder took 6 s to exit)
+    asyncio.new_event_loop().run_until_complete(_serve(config))
+    exit_now(0)

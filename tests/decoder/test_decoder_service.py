@@ -34,7 +34,11 @@ def decoder(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         process.wait_ready()
         yield process
     finally:
+        stopping = time.monotonic()
         process.stop()
+    # an idle decoder stops at once on SIGTERM (interpreter teardown once took 6 s)
+    assert process.proc.returncode == 0, process.log_tail()
+    assert time.monotonic() - stopping < 3.0
 
 
 def generate_request(
