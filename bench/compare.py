@@ -5,9 +5,10 @@ native ``llama-server``, built from the llama.cpp that the llama-cpp-python sdis
 on the bench decoder converted to GGUF with that source's own ``convert_hf_to_gguf.py`` and
 quantized to Q4_0 with its ``llama-quantize``; 16 parallel slots, continuous batching, 2 threads.
 Source, build and GGUF files are cached under ~/.cache/autoglm-bench (the first build takes a
-while on two cores). Both servers are driven by the same streaming chat client (bench/serve.py's,
-the openai SDK), greedy, EOS ignored, ``--max-tokens`` new tokens, at concurrency 1 and 16:
-output tok/s and TTFT p50 per cell, ours over theirs, against the issue's targets.
+while on two cores). Both servers are driven by the same streaming chat client
+(bench/chat_stream.py's, the openai SDK), greedy, EOS ignored, ``--max-tokens`` new tokens, at
+concurrency 1 and 16: output tok/s and TTFT p50 per cell, ours over theirs, against the issue's
+targets.
 
     python -m bench.compare [--quick] [--bundle PATH] [--requests 32] [--max-tokens 128]
 """
@@ -31,8 +32,10 @@ import openai
 from rich.console import Console
 from rich.table import Table
 
+from bench.chat_requests import user_content
+from bench.chat_stream import REQUEST_TIMEOUT_S, run_cell, summarize
 from bench.report import BenchParser, write_report
-from bench.serve import REQUEST_TIMEOUT_S, run_cell, running_stack, summarize, user_content
+from bench.served_stack import running_stack
 from bundle.build import build_bundle
 from bundle.layout import Bundle
 from services.cli import main as autoglm

@@ -39,6 +39,8 @@ import openai
 from rich.console import Console
 
 from bench.bundles import prepared_bundle
+from bench.chat_requests import SYSTEM_PROMPT
+from bench.chat_stream import REQUEST_TIMEOUT_S, Sample, one_request, percentile
 from bench.phone_conversation import (
     SAMPLING,
     SCREEN,
@@ -53,16 +55,8 @@ from bench.phone_conversation import (
 )
 from bench.phone_inprocess import InProcess, baseline_pair, print_report, summarize_baseline
 from bench.report import BenchParser, write_report
-from bench.serve import (
-    REQUEST_TIMEOUT_S,
-    SYSTEM_PROMPT,
-    Sample,
-    cross_check,
-    one_request,
-    percentile,
-    running_stack,
-    scrape,
-)
+from bench.serve_metrics import cross_check, scrape
+from bench.served_stack import running_stack
 from bundle.layout import Bundle
 from gateway.config import GatewayConfig
 from gateway.positions import image_layout

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionUserMessageParam
 
-from bench.serve import SYSTEM_PROMPT, Sampling
+from bench.chat_requests import SYSTEM_PROMPT
+from bench.chat_stream import Sampling
 from bundle.layout import Bundle
 from services.decoder.config import DecoderConfig
 from testkit.media import b64, image_bytes

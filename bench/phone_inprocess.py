@@ -25,8 +25,8 @@ import torch
 from openai.types.chat import ChatCompletionMessageParam
 from rich.console import Console
 
+from bench.chat_stream import Sampling, one_request
 from bench.report import results_table
-from bench.serve import Sampling, one_request
 from bundle.layout import Bundle
 from gateway.chat import ChatPrompter
 from gateway.config import GatewayConfig

@@ -26,8 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.bundles import prepared_bundle
+from bench.chat_stream import REQUEST_TIMEOUT_S
 from bench.report import BenchParser, write_report
-from bench.serve import REQUEST_TIMEOUT_S, running_stack
+from bench.served_stack import running_stack
 from bundle.layout import Bundle
 
 SCHEMA = {

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from phone_agent.model.client import MessageBuilder
 
+from bench.chat_stream import Sample
 from bench.phone_agent import Turn, cache_tokens, summarize_turns
 from bench.phone_conversation import Messages, Reuse, user_message, without_images
 from bench.phone_inprocess import InProcess
-from bench.serve import Sample
 from bundle.hf_import import import_checkpoint
 from gateway.protocol.chat_completions import ChatCompletionRequest
 from testkit.media import image_bytes
