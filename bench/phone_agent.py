@@ -10,7 +10,8 @@ the cache can serve (``Reuse``, from the gateway's /tokenize) and those it serve
 (usage.prompt_tokens_details.cached_tokens). The decoder's KV cache is sized for the load
 (``cache_tokens``: the default 16,384 tokens hold three full screenshots' turns, not 8
 histories). Then ``--baseline`` pairs (bench/phone_inprocess.py): an image request through the
-services and the same one run by the same parts in this process (target: at most 1.25x).
+services and the same one run by the same parts in this process (target: at most 1.25x),
+each also in CPU time (the stack's processes vs this one), steadier on a shared machine.
 
 Sizing: the phone preset's tower takes ~30 s per 1080x2400 screenshot here and its decoder ~0.3
 GFLOP per prompt token, so the full run (1 and 8 clients x 10 turns) takes about an hour on 2
@@ -41,6 +42,7 @@ from rich.console import Console
 from bench.bundles import prepared_bundle
 from bench.chat_requests import SYSTEM_PROMPT
 from bench.chat_stream import REQUEST_TIMEOUT_S, Sample, one_request, percentile
+from bench.device_check.stack import LaunchedStack
 from bench.phone_conversation import (
     SAMPLING,
     SCREEN,
@@ -56,7 +58,7 @@ from bench.phone_conversation import (
 from bench.phone_inprocess import InProcess, baseline_pair, print_report, summarize_baseline
 from bench.report import BenchParser, write_report
 from bench.serve_metrics import cross_check, scrape
-from bench.served_stack import running_stack
+from bench.served_stack import launched_stack
 from bundle.layout import Bundle
 from gateway.config import GatewayConfig
 from gateway.positions import image_layout
@@ -173,11 +175,16 @@ def cache_tokens(args: argparse.Namespace, image_tokens: int) -> int:
 
 
 async def measure(
-    url: str, args: argparse.Namespace, bundle: Path, local: InProcess | None, console: Console
+    stack: LaunchedStack,
+    args: argparse.Namespace,
+    bundle: Path,
+    local: InProcess | None,
+    console: Console,
 ) -> dict[str, Any]:
     """The turns at each --concurrency, then the baseline pairs; the gateway's counters
     against the client's sums over the turns."""
     model = Bundle.load(bundle).served_model_name
+    url = stack.url
     async with (
         openai.AsyncOpenAI(
             base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=REQUEST_TIMEOUT_S
@@ -207,16 +214,17 @@ async def measure(
         metrics = cross_check(counters, scrape(url), cells)
         pairs = []
         if local is not None:
-            pairs = [await baseline(client, model, local, k) for k in range(args.baseline)]
+            pids = stack.up.children()
+            pairs = [await baseline(client, model, local, pids, k) for k in range(args.baseline)]
         return {"cells": cells, "metrics": metrics, "baseline": summarize_baseline(pairs)}
 
 
 async def baseline(
-    client: openai.AsyncOpenAI, model: str, local: InProcess, k: int
+    client: openai.AsyncOpenAI, model: str, local: InProcess, pids: dict[str, int], k: int
 ) -> dict[str, Any]:
     """The k-th baseline pair: a first turn (the system prompt cached) with its own screen."""
     messages = first_turn_messages(BASELINE_CLIENT + k, screenshot_url(BASELINE_CLIENT + k, 0))
-    return await baseline_pair(client, model, local, messages, SAMPLING, k % 2 == 1)
+    return await baseline_pair(client, model, local, messages, SAMPLING, pids, k % 2 == 1)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -232,8 +240,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if args.baseline:
             console.print("loading the in-process baseline's parts")
             local = InProcess(bundle, args.device, args.max_pixels, kv)
-        with running_stack(bundle, args.device, log, console, settings) as url:
-            measured = asyncio.run(measure(url, args, bundle, local, console))
+        with launched_stack(bundle, args.device, log, console, settings) as stack:
+            measured = asyncio.run(measure(stack, args, bundle, local, console))
         model = Bundle.load(bundle).served_model_name
     report: dict[str, Any] = {
         "bench": "serve-phone",

@@ -17,6 +17,7 @@ import base64
 import dataclasses
 import statistics
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from rich.console import Console
 
 from bench.chat_stream import Sampling, one_request
+from bench.cpu import cpu_seconds
 from bench.report import results_table
 from bundle.layout import Bundle
 from gateway.chat import ChatPrompter
@@ -140,37 +142,47 @@ async def baseline_pair(
     local: InProcess,
     messages: list[ChatCompletionMessageParam],
     sampling: Sampling,
+    stack_pids: Mapping[str, int],
     in_process_first: bool,
 ) -> dict[str, Any]:
-    """One image request through the services and the same one in process; the caller
-    alternates which goes first, so that load from elsewhere hits both alike."""
+    """One image request through the services and the same one in process, each with the CPU
+    time it took (user + system: the stack's processes, or this one), steadier than wall time
+    on a shared machine; the caller alternates which goes first."""
 
-    async def services() -> float:
+    async def services() -> tuple[float, dict[str, float]]:
+        before = cpu_seconds(stack_pids)
         sample, _ = await one_request(client, model, messages, 2, sampling)
-        return sample.ttft_s
+        return sample.ttft_s, {k: v - before[k] for k, v in cpu_seconds(stack_pids).items()}
 
-    async def in_process() -> Stages:
-        return await asyncio.to_thread(local.first_token, model, messages, 2)
+    async def in_process() -> tuple[Stages, float]:
+        before = time.process_time()
+        stages = await asyncio.to_thread(local.first_token, model, messages, 2)
+        return stages, time.process_time() - before
 
     if in_process_first:
-        stages, through = await in_process(), await services()
+        (stages, local_cpu), (through, stack_cpu) = await in_process(), await services()
     else:
-        through, stages = await services(), await in_process()
+        (through, stack_cpu), (stages, local_cpu) = await services(), await in_process()
     return {"services_ttft_s": through, "in_process_ttft_s": stages.ttft_s,
+            "services_cpu_s": sum(stack_cpu.values()), "services_cpu_by_process_s": stack_cpu,
+            "in_process_cpu_s": local_cpu,
             "in_process": dataclasses.asdict(stages)}  # fmt: skip
 
 
 def summarize_baseline(pairs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over the pairs and their ratio (issue 12: at most 1.25x)."""
+    """Medians over the pairs and their ratios, wall time (issue 12: at most 1.25x) and CPU."""
     if not pairs:
         return {"pairs": []}
-    services = statistics.median(p["services_ttft_s"] for p in pairs)
-    local = statistics.median(p["in_process_ttft_s"] for p in pairs)
+    medians = {
+        f"{key}_p50_s": statistics.median(p[f"{key}_s"] for p in pairs)
+        for key in ("services_ttft", "in_process_ttft", "services_cpu", "in_process_cpu")
+    }
     return {
         "pairs": pairs,
-        "services_ttft_p50_s": services,
-        "in_process_ttft_p50_s": local,
-        "services_vs_in_process": services / local,
+        **medians,
+        "services_vs_in_process": medians["services_ttft_p50_s"] / medians["in_process_ttft_p50_s"],
+        "services_vs_in_process_cpu": medians["services_cpu_p50_s"]
+        / medians["in_process_cpu_p50_s"],
     }
 
 
@@ -216,5 +228,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     console.print(pairs)
     console.print(
         f"TTFT through services / in process: {baseline['services_vs_in_process']:.2f}x "
-        "(target <= 1.25x)"
+        f"(target <= 1.25x); CPU time {baseline['services_cpu_p50_s']:.1f} s (the stack's "
+        f"processes) / {baseline['in_process_cpu_p50_s']:.1f} s: "
+        f"{baseline['services_vs_in_process_cpu']:.2f}x"
     )

@@ -14,7 +14,7 @@ from phone_agent.model.client import MessageBuilder
 from bench.chat_stream import Sample
 from bench.phone_agent import Turn, cache_tokens, summarize_turns
 from bench.phone_conversation import Messages, Reuse, user_message, without_images
-from bench.phone_inprocess import InProcess
+from bench.phone_inprocess import InProcess, summarize_baseline
 from bundle.hf_import import import_checkpoint
 from gateway.protocol.chat_completions import ChatCompletionRequest
 from testkit.media import image_bytes
@@ -102,3 +102,15 @@ def test_each_turn_is_served_from_the_cache_up_to_the_dropped_screenshot(
         before = ids
         messages[-1] = without_images(user)
         messages.append({"role": "assistant", "content": "do(action='Back')"})
+
+
+def test_the_baseline_is_the_ratio_of_medians_in_wall_and_cpu_time() -> None:
+    pairs = [
+        {"services_ttft_s": s, "in_process_ttft_s": i, "services_cpu_s": sc, "in_process_cpu_s": ic}
+        for s, i, sc, ic in ((3.0, 2.0, 6.0, 4.0), (5.0, 4.0, 9.0, 6.0), (9.0, 3.0, 7.0, 5.0))
+    ]
+    summary = summarize_baseline(pairs)
+    assert summary["services_ttft_p50_s"] == 5.0 and summary["in_process_ttft_p50_s"] == 3.0
+    assert summary["services_vs_in_process"] == 5.0 / 3.0
+    assert summary["services_vs_in_process_cpu"] == 7.0 / 5.0
+    assert summarize_baseline([]) == {"pairs": []}
