@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import grpc
 import numpy as np
+import pytest
 import soundfile
 import torch
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -120,6 +121,17 @@ async def encode(stub: Any, data: list[bytes]) -> list[torch.Tensor]:
     """Encode ``data`` through a VisionEncoder or AudioEncoder stub, one item per bytes."""
     reply = await stub.Encode(encode_request_to_pb([MediaItem(d) for d in data]))
     return [embedding.tensor for embedding in encode_response_from_pb(reply)]
+
+
+async def assert_item_refused(
+    stub: Any, good: bytes, bad: bytes, code: grpc.StatusCode, message: str
+) -> None:
+    """A request whose second item is bad is refused as a whole, naming item 1 and the fault."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await encode(stub, [good, bad])
+    assert raised.value.code() == code
+    assert raised.value.details().startswith("item 1: ")
+    assert message in raised.value.details()
 
 
 class EncoderServiceContract:

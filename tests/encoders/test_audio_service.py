@@ -11,7 +11,13 @@ import torch
 from autoglm.v1 import audio_pb2_grpc
 from services.encoder.types import MediaItem, encode_request_to_pb
 from testkit.media import audio_bytes, silent_flac
-from tests.encoders.helpers import EncoderServiceContract, encode, encoded_audio, speech_like
+from tests.encoders.helpers import (
+    EncoderServiceContract,
+    assert_item_refused,
+    encode,
+    encoded_audio,
+    speech_like,
+)
 
 pytestmark = pytest.mark.stack  # every test here talks to service processes
 
@@ -132,11 +138,7 @@ async def test_a_batch_gives_what_each_clip_gives_alone(
 async def test_bad_clips_are_refused_with_a_clear_status(
     stub: audio_pb2_grpc.AudioEncoderStub, data: bytes, code: grpc.StatusCode, message: str
 ) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await encode(stub, [audio_bytes(0.5), data])
-    assert raised.value.code() == code
-    assert raised.value.details().startswith("item 1: ")
-    assert message in raised.value.details()
+    await assert_item_refused(stub, audio_bytes(0.5), data, code, message)
 
 
 async def test_a_request_is_held_to_its_sample_budget_from_the_headers(

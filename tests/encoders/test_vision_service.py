@@ -14,7 +14,7 @@ import torch
 from autoglm.v1 import vision_pb2_grpc
 from services.encoder.types import MediaItem, encode_request_to_pb
 from testkit.media import image_bytes
-from tests.encoders.helpers import EncoderServiceContract, encode
+from tests.encoders.helpers import EncoderServiceContract, assert_item_refused, encode
 
 pytestmark = pytest.mark.stack  # every test here talks to service processes
 
@@ -101,11 +101,7 @@ def png_header(width: int, height: int) -> bytes:
 async def test_bad_images_are_refused_with_a_clear_status(
     stub: vision_pb2_grpc.VisionEncoderStub, data: bytes, code: grpc.StatusCode, message: str
 ) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await encode(stub, [image_bytes("PNG"), data])
-    assert raised.value.code() == code
-    assert raised.value.details().startswith("item 1: ")
-    assert message in raised.value.details()
+    await assert_item_refused(stub, image_bytes("PNG"), data, code, message)
 
 
 async def test_request_size_limits(stub: vision_pb2_grpc.VisionEncoderStub) -> None:
