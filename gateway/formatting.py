@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from gateway.errors import map_exception
 from gateway.events import ChoiceEvent, Counts
-from gateway.pipeline import Job
+from gateway.job import Job
 from gateway.reasoning import token_bytes
 from gateway.responses import (
     CalledFunction,

@@ -21,10 +21,11 @@ from gateway.admission import cancel_on_disconnect
 from gateway.app_state import Gateway
 from gateway.events import ChoiceEvent
 from gateway.formatting import Formatter
+from gateway.job import Job
 from gateway.limits import check_input_size
 from gateway.metrics import ARRIVED, Metrics
 from gateway.openapi import ERROR_RESPONSES, STREAM_RESPONSE
-from gateway.pipeline import Job, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.protocol.chat_completions import ChatCompletionRequest
 from gateway.protocol.completions import CompletionRequest
 from gateway.responses import ChatCompletion, Completion, ModelCard, ModelList

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 from gateway.clients import Deadline
 from gateway.events import ChoiceEvent, Counts, coalesced
-from gateway.pipeline import Job
+from gateway.job import Job
 from gateway.protocol.chat_completions import ChatCompletionRequest
 from gateway.reasoning import Delta, OutputParser
 from services.decoder.types import FinishReason, GenerateOutput, GenerateRequest, TokenLogprob
