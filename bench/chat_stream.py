@@ -50,8 +50,12 @@ async def one_request(
     messages: list[ChatCompletionMessageParam],
     max_tokens: int,
     sampling: Sampling = GREEDY,
+    every_token_streamed: bool = True,
 ) -> tuple[Sample, str]:
-    """One streamed request: its sample and its text."""
+    """One streamed request: its sample and its text. ``every_token_streamed``: the server
+    sends every token's logprob (ours does; llama-server sends no chunk for a token without
+    text, such as the control tokens random weights often pick), so the streamed count must
+    equal the usage; otherwise the usage counts the tokens and no ITL is measured."""
     started = time.perf_counter()
     stream = await client.chat.completions.create(
         model=model,
@@ -84,12 +88,16 @@ async def one_request(
     ended = time.perf_counter()
     if usage is None or not arrivals:
         raise RuntimeError(f"stream ended without {'usage' if arrivals else 'any token'}")
-    if streamed != usage.completion_tokens:
+    if every_token_streamed and streamed != usage.completion_tokens:
         raise RuntimeError(f"{streamed} tokens streamed, usage says {usage.completion_tokens}")
     details = usage.prompt_tokens_details
     sample = Sample(
         ttft_s=arrivals[0] - started,
-        itl_s=(arrivals[-1] - arrivals[0]) / (streamed - 1) if streamed > 1 else None,
+        itl_s=(
+            (arrivals[-1] - arrivals[0]) / (streamed - 1)
+            if streamed > 1 and every_token_streamed
+            else None
+        ),
         e2e_s=ended - started,
         prompt_tokens=usage.prompt_tokens,
         cached_tokens=(details.cached_tokens or 0) if details else 0,
@@ -104,13 +112,17 @@ async def run_cell(
     contents: list[Content],
     concurrency: int,
     max_tokens: int,
+    every_token_streamed: bool = True,
 ) -> tuple[list[Sample], float]:
     """Every request, at most ``concurrency`` in flight; the samples and the wall time."""
     gate = asyncio.Semaphore(concurrency)
 
     async def limited(content: Content) -> Sample:
         async with gate:
-            sample, _ = await one_request(client, model, first_turn(content), max_tokens)
+            messages = first_turn(content)
+            sample, _ = await one_request(
+                client, model, messages, max_tokens, every_token_streamed=every_token_streamed
+            )
             return sample
 
     started = time.perf_counter()

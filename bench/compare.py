@@ -86,8 +86,9 @@ def isa_options() -> list[str]:
     """ggml's x86 ISA switches for what this CPU has, AMX left off.
 
     Not GGML_NATIVE: with -march=native ggml compiles its AMX matmul, which dies here with an
-    illegal instruction (``tilezero`` in ggml_backend_amx_mul_mat, although the kernel grants
-    the process AMX and oneDNN runs AMX fine), so llama-server could not serve at all.
+    illegal instruction (``tilezero`` in ggml_backend_amx_mul_mat, also with the process's AMX
+    permission requested before it starts; oneDNN runs AMX fine here), so that llama-server
+    could not serve at all.
     """
     flags = (
         set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
@@ -157,15 +158,20 @@ def _ready(url: str) -> bool:
         return False
 
 
-async def cells(url: str, model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+async def cells(
+    url: str, model: str, args: argparse.Namespace, every_token_streamed: bool
+) -> list[dict[str, Any]]:
     async with openai.AsyncOpenAI(
         base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=REQUEST_TIMEOUT_S
     ) as client:
-        await run_cell(client, model, [user_content("text", 10**6)], 1, 4)  # warm-up
+        warm_up = [user_content("text", 10**6)]
+        await run_cell(client, model, warm_up, 1, 4, every_token_streamed)
         results = []
         for concurrency in CONCURRENCY:
             contents = [user_content("text", i) for i in range(args.requests)]
-            samples, seconds = await run_cell(client, model, contents, concurrency, args.max_tokens)
+            samples, seconds = await run_cell(
+                client, model, contents, concurrency, args.max_tokens, every_token_streamed
+            )
             cell = summarize("text", concurrency, samples, seconds)
             del cell["samples"]
             results.append(cell)
@@ -221,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     bundle = bench_bundle(args.bundle, console)
     gguf = q4_0_gguf(bundle.decoder, source, binaries, log)
     with running_stack(bundle.root, args.device, CACHE / "stack.log", console) as url:
-        ours = asyncio.run(cells(url, bundle.served_model_name, args))
+        ours = asyncio.run(cells(url, bundle.served_model_name, args, True))
     with llama_server(binaries, gguf, 1024, log) as url:
-        theirs = asyncio.run(cells(url, "bench", args))
+        theirs = asyncio.run(cells(url, "bench", args, False))
     ratios = compare(ours, theirs)
     print_table(ours, theirs, ratios, console)
     met = {
