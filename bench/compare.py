@@ -35,7 +35,7 @@ from rich.table import Table
 from bench.chat_requests import user_content
 from bench.chat_stream import REQUEST_TIMEOUT_S, run_cell, summarize
 from bench.report import BenchParser, write_report
-from bench.served_stack import running_stack
+from bench.served_stack import launched_stack
 from bundle.build import build_bundle
 from bundle.layout import Bundle
 from services.cli import main as autoglm
@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     binaries = llama_binaries(source, log)
     bundle = bench_bundle(args.bundle, console)
     gguf = q4_0_gguf(bundle.decoder, source, binaries, log)
-    with running_stack(bundle.root, args.device, CACHE / "stack.log", console) as url:
-        ours = asyncio.run(cells(url, bundle.served_model_name, args, True))
+    with launched_stack(bundle.root, args.device, CACHE / "stack.log", console) as stack:
+        ours = asyncio.run(cells(stack.url, bundle.served_model_name, args, True))
     with llama_server(binaries, gguf, 1024, log) as url:
         theirs = asyncio.run(cells(url, "bench", args, False))
     ratios = compare(ours, theirs)

@@ -24,18 +24,21 @@ PhoneAgent's multi-turn conversation on the phone preset is bench/phone_agent.py
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import openai
 from rich.console import Console
 
+from bench.bundles import prepared_bundle
 from bench.chat_requests import first_turn, user_content
 from bench.chat_stream import REQUEST_TIMEOUT_S, one_request, run_cell, summarize
 from bench.cpu import cpu_seconds
 from bench.device_check.stack import LaunchedStack
 from bench.report import BenchParser, results_table, write_report
 from bench.serve_metrics import cross_check, scrape
-from bench.served_stack import serve_and_measure
+from bench.served_stack import launched_stack
+from bundle.layout import Bundle
 
 MIXES = ("text", "image", "image+audio")  # every request has text; these add media
 WARM_UP_INDEX = 1_000_000  # the warm-up's tasks and media differ from every measured request's
@@ -134,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
 
     log = args.output.with_name(f"{args.output.stem}-up.log")
-    model, cells, metrics = serve_and_measure(args, "default", log, console, measure)
+    with prepared_bundle(args.bundle, console, preset="default") as bundle:
+        model = Bundle.load(bundle).served_model_name
+        with launched_stack(bundle, args.device, log, console) as stack:
+            cells, metrics = asyncio.run(measure(stack, model, args, console))
     report: dict[str, Any] = {
         "bench": "serve",
         "bundle": str(args.bundle or "default (built, GPTQ 4-bit)"),

@@ -28,7 +28,7 @@ from rich.table import Table
 from bench.bundles import prepared_bundle
 from bench.chat_stream import REQUEST_TIMEOUT_S
 from bench.report import BenchParser, write_report
-from bench.served_stack import running_stack
+from bench.served_stack import launched_stack
 from bundle.layout import Bundle
 
 SCHEMA = {
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     log = args.output.with_name(f"{args.output.stem}-up.log")
     with prepared_bundle(args.bundle, console) as bundle:
         model = Bundle.load(bundle).served_model_name
-        with running_stack(bundle, args.device, log, console) as url:
-            modes = asyncio.run(measure(url, model, args))
+        with launched_stack(bundle, args.device, log, console) as stack:
+            modes = asyncio.run(measure(stack.url, model, args))
     report: dict[str, Any] = {
         "bench": "serve_constrained",
         "bundle": str(args.bundle or "default (built, GPTQ 4-bit)"),
