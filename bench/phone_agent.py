@@ -9,9 +9,9 @@ concurrency 8). Per concurrency and turn: TTFT p50 over the clients, prompt toke
 the cache can serve (``Reuse``, from the gateway's /tokenize) and those it served
 (usage.prompt_tokens_details.cached_tokens). The decoder's KV cache is sized for the load
 (``cache_tokens``: the default 16,384 tokens hold three full screenshots' turns, not 8
-histories). Then ``--baseline`` pairs (bench/phone_inprocess.py): an image request through the
-services and the same one run by the same parts in this process (target: at most 1.25x),
-each also in CPU time (the stack's processes vs this one), steadier on a shared machine.
+histories). Then ``--baseline`` rounds (bench/phone_baseline.py): an image request through the
+services, the same one run by the same parts in this process (target: at most 1.25x), and
+one through the services called hop by hop, in wall and CPU time, median and spread.
 
 Sizing: the phone preset's tower takes ~30 s per 1080x2400 screenshot here and its decoder ~0.3
 GFLOP per prompt token, so the full run (1 and 8 clients x 10 turns) takes about an hour on 2
@@ -43,6 +43,7 @@ from bench.bundles import prepared_bundle
 from bench.chat_requests import SYSTEM_PROMPT
 from bench.chat_stream import REQUEST_TIMEOUT_S, Sample, one_request, percentile
 from bench.device_check.stack import LaunchedStack
+from bench.phone_baseline import compare, summarize_baseline
 from bench.phone_conversation import (
     SAMPLING,
     SCREEN,
@@ -55,7 +56,8 @@ from bench.phone_conversation import (
     user_message,
     without_images,
 )
-from bench.phone_inprocess import InProcess, baseline_pair, print_report, summarize_baseline
+from bench.phone_inprocess import InProcess
+from bench.phone_report import print_report
 from bench.report import BenchParser, write_report
 from bench.serve_metrics import cross_check, scrape
 from bench.served_stack import launched_stack
@@ -68,7 +70,6 @@ from services.decoder.config import DecoderConfig
 # becomes 252x588, 189 tokens instead of 3,354.
 QUICK_MAX_PIXELS = 2 * 160_000
 ACTION_DELAY_S = 1.0  # PhoneAgent waits after each action (TimingConfig: default_tap_delay)
-BASELINE_CLIENT = 10_000  # the baseline's screens and tasks differ from every turn's
 WARM_UP_CLIENT = 20_000
 
 
@@ -181,7 +182,7 @@ async def measure(
     local: InProcess | None,
     console: Console,
 ) -> dict[str, Any]:
-    """The turns at each --concurrency, then the baseline pairs; the gateway's counters
+    """The turns at each --concurrency, then the baseline rounds; the gateway's counters
     against the client's sums over the turns."""
     model = Bundle.load(bundle).served_model_name
     url = stack.url
@@ -212,19 +213,10 @@ async def measure(
             cells.append(summarize_turns(concurrency, list(runs)))
             console.print(f"concurrency {concurrency}: {cells[-1]['last_vs_first_ttft']:.2f}x")
         metrics = cross_check(counters, scrape(url), cells)
-        pairs = []
+        baseline = summarize_baseline([])
         if local is not None:
-            pids = stack.up.children()
-            pairs = [await baseline(client, model, local, pids, k) for k in range(args.baseline)]
-        return {"cells": cells, "metrics": metrics, "baseline": summarize_baseline(pairs)}
-
-
-async def baseline(
-    client: openai.AsyncOpenAI, model: str, local: InProcess, pids: dict[str, int], k: int
-) -> dict[str, Any]:
-    """The k-th baseline pair: a first turn (the system prompt cached) with its own screen."""
-    messages = first_turn_messages(BASELINE_CLIENT + k, screenshot_url(BASELINE_CLIENT + k, 0))
-    return await baseline_pair(client, model, local, messages, SAMPLING, pids, k % 2 == 1)
+            baseline = await compare(stack, client, model, local, args.baseline)
+        return {"cells": cells, "metrics": metrics, "baseline": baseline}
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -263,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             "turns": 10,
             "max_tokens": 16,
             "max_pixels": QUICK_MAX_PIXELS,
-            "baseline": 2,
+            "baseline": 9,
         },
         bundle_help="a GLM-4.1V bundle (default: build the phone preset)",
         device_help="every service's device (cpu, cuda:N)",
@@ -277,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--baseline", type=int, default=3,
-        help="image requests timed through the services and in process (0: none)",
+        help="rounds of an image request through the gateway, hop by hop over gRPC and in "
+        "process (bench/phone_baseline.py; 0: none)",
     )  # fmt: skip
     args = parser.parse(argv)
     if args.turns < 0 or args.max_tokens < 1 or min(args.concurrency) < 1:

@@ -5,30 +5,21 @@ The same parts the stack runs, loaded in the benchmark's own process with the se
 the projector in the gateway's fusion dtype), called directly on the same screenshot and
 messages: the image processor (base64 and PNG decoding, resize, patching), the vision tower,
 the fusion stage (gateway/fusion.py), the chat template with the image's placeholder span and
-its 3-D positions, then the decoder engine stepped until the first token. What the services add
-on top (HTTP and JSON, gRPC and the embeddings' bytes, the tasks and threads between) is
-``through services / in process`` in bench/phone_agent.py (issue 12: at most 1.25x).
+its 3-D positions, then the decoder engine stepped until the first token. Each stage is timed
+in wall and CPU time (this process's, every thread: torch's included). What the services add
+on top is bench/phone_baseline.py's comparison (issue 12: at most 1.25x).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
-import statistics
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import openai
 import torch
-from openai.types.chat import ChatCompletionMessageParam
-from rich.console import Console
 
-from bench.chat_stream import Sampling, one_request
-from bench.cpu import cpu_seconds
-from bench.report import results_table
 from bundle.layout import Bundle
 from gateway.chat import ChatPrompter
 from gateway.config import GatewayConfig
@@ -44,21 +35,40 @@ from services.vision.config import VisionConfig
 from services.vision.glm4v import load_glm4v_encoder
 
 
+class StageClock:
+    """Wall and CPU seconds (this process's) per named stage, each lap from the last."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._mark = time.perf_counter(), time.process_time()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter(), time.process_time()
+        self.wall[stage] = now[0] - self._mark[0]
+        self.cpu[stage] = now[1] - self._mark[1]
+        self._mark = now
+
+
 @dataclasses.dataclass(frozen=True)
 class Stages:
-    """Where one in-process request's time went, seconds."""
+    """Where one request's time went, seconds per stage in order, and its prompt's tokens."""
 
-    preprocess_s: float  # base64 + PNG decode, resize, patching
-    tower_s: float
-    fusion_s: float
-    prompt_s: float  # chat template, tokenizing, 3-D positions
-    prefill_s: float  # engine steps until the first token
+    wall: dict[str, float]
+    cpu: dict[str, float]
     prompt_tokens: int
     cached_tokens: int
 
     @property
     def ttft_s(self) -> float:
-        return self.preprocess_s + self.tower_s + self.fusion_s + self.prompt_s + self.prefill_s
+        return sum(self.wall.values())
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self.cpu.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ttft_s": self.ttft_s, "cpu_s": self.cpu_s}
 
 
 class InProcess:
@@ -87,148 +97,56 @@ class InProcess:
         self.engine: Engine = load_decoder(decoder).engine
         self.requests = 0
 
-    def first_token(self, model: str, messages: list[Any], max_tokens: int) -> Stages:
-        """One chat request with one image, timed stage by stage to its first token; the rest
-        of its completion is dropped (the engine frees it)."""
+    @staticmethod
+    def parse(
+        model: str, messages: list[Any], max_tokens: int
+    ) -> tuple[ChatCompletionRequest, str]:
+        """The request as the gateway validates it, and its one image's base64 payload."""
         body = ChatCompletionRequest.model_validate(
             {"model": model, "messages": messages, "max_tokens": max_tokens}
         )
         (part,) = body.media_parts()
         if not isinstance(part, ImagePart):
-            raise ValueError("the in-process baseline takes one image")
-        started = time.perf_counter()
-        _, _, payload = part.image_url.url.partition(",")
-        patched = self.encoder.decode(base64.b64decode(payload))
-        encoded = time.perf_counter()
-        (states,) = self.encoder.encode([patched])
-        towered = time.perf_counter()
-        (tokens,), _ = self.fusion.fuse([states], [])
-        fused = time.perf_counter()
+            raise ValueError("the phone baseline takes one image")
+        return body, part.image_url.url.partition(",")[2]
+
+    def generate_request(
+        self, body: ChatCompletionRequest, tokens: torch.Tensor, grid: tuple[int, int, int]
+    ) -> GenerateRequest:
+        """The chat template around the image's ``tokens`` (fused), its 3-D positions, and
+        the decoder request the gateway would send."""
         prompt = self.prompter.render(
             body.messages, [("image", int(tokens.shape[0]))], enable_thinking=body.thinking
         )
         (placeholder,) = prompt.placeholders
         self.requests += 1
-        request = GenerateRequest(
-            request_id=f"in-process-{self.requests}",
+        return GenerateRequest(
+            request_id=f"phone-baseline-{self.requests}",
             input_ids=tuple(prompt.input_ids),
             sampling=body.to_sampling_params(0),
             stopping=body.to_stopping_params(self.default_max_tokens),
             segments=(MultimodalSegment(placeholder.offset, tokens),),
-            positions=self.layout.positions(prompt, [patched.grid_thw]),
+            positions=self.layout.positions(prompt, [grid]),
         )
-        prompted = time.perf_counter()
+
+    def first_token(self, model: str, messages: list[Any], max_tokens: int) -> Stages:
+        """One chat request with one image, timed stage by stage to its first token; the rest
+        of its completion is dropped (the engine frees it)."""
+        body, payload = self.parse(model, messages, max_tokens)
+        clock = StageClock()
+        patched = self.encoder.decode(base64.b64decode(payload))
+        clock.lap("preprocess")  # base64 + PNG decode, resize, patching
+        (states,) = self.encoder.encode([patched])
+        clock.lap("tower")
+        (tokens,), _ = self.fusion.fuse([states], [])
+        clock.lap("fusion")
+        request = self.generate_request(body, tokens, patched.grid_thw)
+        clock.lap("prompt")  # chat template, tokenizing, 3-D positions
         self.engine.add(request)
         while not (outputs := self.engine.step()):
             pass
-        first = time.perf_counter()
+        clock.lap("prefill")  # engine steps until the first token
         self.engine.abort(request.request_id)
         while self.engine.has_work():
             self.engine.step()
-        return Stages(
-            preprocess_s=encoded - started,
-            tower_s=towered - encoded,
-            fusion_s=fused - towered,
-            prompt_s=prompted - fused,
-            prefill_s=first - prompted,
-            prompt_tokens=outputs[0].prompt_tokens,
-            cached_tokens=outputs[0].cached_tokens,
-        )
-
-
-async def baseline_pair(
-    client: openai.AsyncOpenAI,
-    model: str,
-    local: InProcess,
-    messages: list[ChatCompletionMessageParam],
-    sampling: Sampling,
-    stack_pids: Mapping[str, int],
-    in_process_first: bool,
-) -> dict[str, Any]:
-    """One image request through the services and the same one in process, each with the CPU
-    time it took (user + system: the stack's processes, or this one), steadier than wall time
-    on a shared machine; the caller alternates which goes first."""
-
-    async def services() -> tuple[float, dict[str, float]]:
-        before = cpu_seconds(stack_pids)
-        sample, _ = await one_request(client, model, messages, 2, sampling)
-        return sample.ttft_s, {k: v - before[k] for k, v in cpu_seconds(stack_pids).items()}
-
-    async def in_process() -> tuple[Stages, float]:
-        before = time.process_time()
-        stages = await asyncio.to_thread(local.first_token, model, messages, 2)
-        return stages, time.process_time() - before
-
-    if in_process_first:
-        (stages, local_cpu), (through, stack_cpu) = await in_process(), await services()
-    else:
-        (through, stack_cpu), (stages, local_cpu) = await services(), await in_process()
-    return {"services_ttft_s": through, "in_process_ttft_s": stages.ttft_s,
-            "services_cpu_s": sum(stack_cpu.values()), "services_cpu_by_process_s": stack_cpu,
-            "in_process_cpu_s": local_cpu,
-            "in_process": dataclasses.asdict(stages)}  # fmt: skip
-
-
-def summarize_baseline(pairs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over the pairs and their ratios, wall time (issue 12: at most 1.25x) and CPU."""
-    if not pairs:
-        return {"pairs": []}
-    medians = {
-        f"{key}_p50_s": statistics.median(p[f"{key}_s"] for p in pairs)
-        for key in ("services_ttft", "in_process_ttft", "services_cpu", "in_process_cpu")
-    }
-    return {
-        "pairs": pairs,
-        **medians,
-        "services_vs_in_process": medians["services_ttft_p50_s"] / medians["in_process_ttft_p50_s"],
-        "services_vs_in_process_cpu": medians["services_cpu_p50_s"]
-        / medians["in_process_cpu_p50_s"],
-    }
-
-
-def print_report(report: dict[str, Any], console: Console) -> None:
-    """The turns table, the baseline table and the two ratios against their targets."""
-    title = (
-        f"phone agent: {report['turns']} turns, a new 1080x2400 screenshot per turn "
-        f"(max_pixels {report['max_pixels'] or 'default'}), earlier ones dropped, "
-        f"{report['max_tokens']} tokens per answer, on {report['device']}"
-    )
-    columns = ("conc", "turn", "TTFT p50 s", "TTFT max s", "prompt", "reusable", "cached")
-    turns = results_table(title, columns)
-    for cell in report["cells"]:
-        for t in cell["turns"]:
-            turns.add_row(
-                str(cell["concurrency"]), str(t["turn"]), f"{t['ttft_p50_s']:.2f}",
-                f"{t['ttft_max_s']:.2f}", f"{t['prompt_tokens_mean']:.0f}",
-                f"{t['reusable_tokens_mean']:.0f}", f"{t['cached_tokens_mean']:.0f}",
-            )  # fmt: skip
-    console.print(turns)
-    for cell in report["cells"]:
-        console.print(
-            f"concurrency {cell['concurrency']}: turn {len(cell['turns'])} / turn 1 TTFT "
-            f"{cell['last_vs_first_ttft']:.2f}x (target <= 1.5x); cached / reusable prompt "
-            f"tokens {cell['cache_hit_fraction']:.0%}"
-        )
-    baseline = report["baseline"]
-    if not baseline["pairs"]:
-        return
-    # Short headers: a console that is not a terminal is 80 columns wide.
-    pair_columns = ("stack", "in proc", "prep", "tower", "fusion", "prompt", "prefill",
-                    "tokens", "cached")  # fmt: skip
-    title = "an image request: through the stack, and in process (its stages), s"
-    pairs = results_table(title, pair_columns)
-    for pair in baseline["pairs"]:
-        stages = pair["in_process"]
-        pairs.add_row(
-            f"{pair['services_ttft_s']:.2f}", f"{pair['in_process_ttft_s']:.2f}",
-            *(f"{stages[k]:.2f}" for k in ("preprocess_s", "tower_s", "fusion_s", "prompt_s",
-                                             "prefill_s")),
-            str(stages["prompt_tokens"]), str(stages["cached_tokens"]),
-        )  # fmt: skip
-    console.print(pairs)
-    console.print(
-        f"TTFT through services / in process: {baseline['services_vs_in_process']:.2f}x "
-        f"(target <= 1.25x); CPU time {baseline['services_cpu_p50_s']:.1f} s (the stack's "
-        f"processes) / {baseline['in_process_cpu_p50_s']:.1f} s: "
-        f"{baseline['services_vs_in_process_cpu']:.2f}x"
-    )
+        return Stages(clock.wall, clock.cpu, outputs[0].prompt_tokens, outputs[0].cached_tokens)

@@ -13,8 +13,9 @@ from phone_agent.model.client import MessageBuilder
 
 from bench.chat_stream import Sample
 from bench.phone_agent import Turn, cache_tokens, summarize_turns
+from bench.phone_baseline import LEGS, rotated, summarize_baseline
 from bench.phone_conversation import Messages, Reuse, user_message, without_images
-from bench.phone_inprocess import InProcess, summarize_baseline
+from bench.phone_inprocess import InProcess
 from bundle.hf_import import import_checkpoint
 from gateway.protocol.chat_completions import ChatCompletionRequest
 from testkit.media import image_bytes
@@ -104,13 +105,35 @@ def test_each_turn_is_served_from_the_cache_up_to_the_dropped_screenshot(
         messages.append({"role": "assistant", "content": "do(action='Back')"})
 
 
-def test_the_baseline_is_the_ratio_of_medians_in_wall_and_cpu_time() -> None:
-    pairs = [
-        {"services_ttft_s": s, "in_process_ttft_s": i, "services_cpu_s": sc, "in_process_cpu_s": ic}
-        for s, i, sc, ic in ((3.0, 2.0, 6.0, 4.0), (5.0, 4.0, 9.0, 6.0), (9.0, 3.0, 7.0, 5.0))
-    ]
-    summary = summarize_baseline(pairs)
+def _round(services: float, local: float, services_cpu: float, local_cpu: float) -> dict:
+    """A baseline round: the gateway's TTFT and the stack's CPU, the in-process stages (all in
+    prefill), and the hop-by-hop leg (vision 0.1 s, decoder 0.5 s)."""
+    hops = {"load": 0.0, "vision_rpc": 0.1, "fusion": 0.0, "prompt": 0.0, "decoder_rpc": 0.5}
+    return {
+        "order": list(LEGS),
+        "services": {"ttft_s": services, "cpu_s": services_cpu,
+                     "cpu_by_process_s": {"gateway": 0.1, "decoder": services_cpu - 0.1}},
+        "in_process": {"ttft_s": local, "cpu_s": local_cpu, "wall": {"prefill": local},
+                       "cpu": {"prefill": local_cpu}},
+        "rpc": {"ttft_s": 0.6, "wall": hops},
+    }  # fmt: skip
+
+
+def test_the_baseline_verdict_is_the_median_of_each_rounds_ratio_with_its_spread() -> None:
+    rounds = [_round(3.0, 2.0, 6.0, 4.0), _round(5.0, 4.0, 9.0, 6.0), _round(9.0, 3.0, 7.0, 5.0)]
+    summary = summarize_baseline(rounds)
+    wall, cpu = summary["services_vs_in_process"], summary["services_vs_in_process_cpu"]
+    assert wall["p50"] == 1.5 and (wall["min"], wall["max"]) == (1.25, 3.0)
+    assert cpu["p50"] == 1.5 and (cpu["min"], cpu["max"]) == (1.4, 1.5)
     assert summary["services_ttft_p50_s"] == 5.0 and summary["in_process_ttft_p50_s"] == 3.0
-    assert summary["services_vs_in_process"] == 5.0 / 3.0
-    assert summary["services_vs_in_process_cpu"] == 7.0 / 5.0
-    assert summarize_baseline([]) == {"pairs": []}
+    # the gateway's share: its TTFT less the hops the services were called by directly
+    assert summary["gateway_share_p50_s"] == 5.0 - 0.6
+    assert summary["services_cpu_by_process_p50_s"]["decoder"] == 6.9
+    assert summarize_baseline([]) == {"rounds": []}
+
+
+def test_each_leg_takes_each_place_in_the_order_in_turn() -> None:
+    orders = [rotated(k) for k in range(3)]
+    for place in range(len(LEGS)):
+        assert sorted(order[place] for order in orders) == sorted(LEGS)
+    assert rotated(3) == rotated(0)
