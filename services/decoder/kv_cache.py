@@ -1,7 +1,9 @@
 """The preallocated, paged KV cache and the per-step map of where each token reads and writes.
 
-The cache is one K and one V tensor per layer, ``[num_blocks * block_size, kv_heads, head_dim]``,
-allocated once at start-up. A request owns a list of blocks; its logical token ``i`` lives in
+The cache is one tensor per layer, ``[num_blocks * block_size, 2, kv_heads, head_dim]``: a
+token's K and V side by side, so one step writes a layer's new K and V with one copy and reads
+them with one gather (they leave the q/k/v projection side by side too). Allocated once at
+start-up. A request owns a list of blocks; its logical token ``i`` lives in
 slot ``blocks[i // block_size] * block_size + i % block_size``. Blocks are handed out whole, so
 requests of any length share the cache without fragmenting it; ``BlockPool``
 (services.decoder.prefix_cache) hands them out and, with prefix caching, lets requests share
@@ -41,9 +43,10 @@ class KVCache:
         # one slot past the blocks: no request owns it; padded rows of a fixed-shape step (CUDA
         # graphs, cuda_graphs.py) read and write it
         self.scratch_slot = num_blocks * block_size
-        shape = (num_layers, self.scratch_slot + 1, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (num_layers, self.scratch_slot + 1, 2, num_kv_heads, head_dim)
+        self.kv = torch.zeros(shape, dtype=dtype, device=device)
+        self.k, self.v = self.kv[:, :, 0], self.kv[:, :, 1]
+        self.layers = self.kv.unbind(0)  # views made once: no select per layer and step
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.blocks = BlockPool(num_blocks, prefix_caching)
@@ -70,18 +73,15 @@ class KVCache:
         offsets = torch.arange(self.block_size, device=self.k.device)
         return (ids[:, None] * self.block_size + offsets).flatten()[:n_tokens]
 
-    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store the new tokens' K and V ([tokens, kv_heads, head_dim]) at their slots."""
-        self.k[layer].index_copy_(0, slots, k)
-        self.v[layer].index_copy_(0, slots, v)
+    def write(self, layer: int, slots: torch.Tensor, kv: torch.Tensor) -> None:
+        """Store the new tokens' K and V ([tokens, 2, kv_heads, head_dim]) at their slots."""
+        self.layers[layer].index_copy_(0, slots, kv)
 
     def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V at slots of any shape: [*slots.shape, kv_heads, head_dim]. index_select, not
         advanced indexing: on the CPU the latter is far slower for this gather."""
-        flat = slots.flatten()
-        k = self.k[layer].index_select(0, flat).unflatten(0, slots.shape)
-        v = self.v[layer].index_select(0, flat).unflatten(0, slots.shape)
-        return k, v
+        kv = self.layers[layer].index_select(0, slots.flatten()).unflatten(0, slots.shape)
+        return kv.select(-3, 0), kv.select(-3, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,3 +103,4 @@ class ForwardBatch:
     decode_start: int  # packed index of the first decode token
     decode_kv_slots: torch.Tensor | None = None  # [decodes, longest]: slots each decode reads
     decode_mask: torch.Tensor | None = None  # [decodes, 1, 1, longest]: True = attend
+    decode_uniform: bool = False  # every decode attends over all `longest`: the mask is all True

@@ -90,16 +90,20 @@ class Glm4Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, rope: Rope, batch: ForwardBatch, cache: KVCache
     ) -> torch.Tensor:
-        tokens, heads = x.shape[0], self.num_heads
-        qkv = self.qkv_proj(x).view(tokens, heads + 2 * self.num_kv_heads, self.head_dim)
-        qk = apply_rotary(qkv[:, : heads + self.num_kv_heads], *rope)  # q and k in one go
-        q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + self.num_kv_heads :]
-        cache.write(self.layer_idx, batch.write_slots, k, v)
+        tokens, heads, kv_heads = x.shape[0], self.num_heads, self.num_kv_heads
+        qkv = self.qkv_proj(x).view(tokens, heads + 2 * kv_heads, self.head_dim)
+        qk = qkv[:, : heads + kv_heads]
+        apply_rotary(qk, *rope, out=qk)  # q and k in one go, in place: [q | k | v] stays whole
+        q = qkv[:, :heads]
+        cache.write(self.layer_idx, batch.write_slots, qkv[:, heads:].unflatten(1, (2, kv_heads)))
+        if not batch.prefills:  # decodes only: no output to assemble
+            return self.o_proj(self._decode(q, batch, cache).reshape(tokens, -1))
 
         out = q.new_empty(tokens, heads, self.head_dim)
         for span in batch.prefills:
-            chunk = slice(span.start, span.end)
-            out[chunk] = self._prefill(q[chunk], k[chunk], v[chunk], span, cache)
+            chunk = qkv[span.start : span.end]
+            k, v = chunk[:, heads : heads + kv_heads], chunk[:, heads + kv_heads :]
+            out[span.start : span.end] = self._prefill(chunk[:, :heads], k, v, span, cache)
         if batch.decode_kv_slots is not None:
             out[batch.decode_start :] = self._decode(q[batch.decode_start :], batch, cache)
         return self.o_proj(out.view(tokens, -1))
@@ -134,7 +138,9 @@ class Glm4Attention(nn.Module):
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         group = self.num_heads // self.num_kv_heads
         grouped = q.reshape(b, self.num_kv_heads, group, self.head_dim)
-        out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=batch.decode_mask)
+        # every row attending over all `longest` slots (always so at batch 1) needs no mask
+        mask = None if batch.decode_uniform else batch.decode_mask
+        out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask)
         return out.reshape(b, self.num_heads, self.head_dim)
 
 

@@ -75,10 +75,12 @@ def pack(
         spans.append(PrefillSpan(start=start, end=start + n, context=done, kv_slots=kv_slots))
         start += n
     decode_kv_slots = decode_mask = None
+    uniform = False
     if plan.decodes:
         rows = _longs([s.row for s in plan.decodes], device)
         lengths = _longs([s.cached + 1 for s in plan.decodes], device)
         longest = max(s.cached + 1 for s in plan.decodes)
+        uniform = all(s.cached + 1 == longest for s in plan.decodes)
         decode_kv_slots = slot_table[rows, :longest]
         attend = torch.arange(longest, device=device) < lengths[:, None]
         decode_mask = attend[:, None, None, :]
@@ -86,7 +88,9 @@ def pack(
         next_positions = _longs([s.next_position for s in plan.decodes], device)
         positions.append(next_positions.expand(axes, -1))
         writes.append(decode_kv_slots.gather(1, (lengths - 1)[:, None])[:, 0])
-    batch = ForwardBatch(torch.cat(writes), tuple(spans), start, decode_kv_slots, decode_mask)
+    batch = ForwardBatch(
+        torch.cat(writes), tuple(spans), start, decode_kv_slots, decode_mask, uniform
+    )
     packed = torch.cat(positions, dim=1)
     return torch.cat(ids), packed[0] if axes == 1 else packed, batch
 

@@ -21,7 +21,8 @@ from torch import nn
 
 from services.decoder.text_config import TextModelConfig
 
-Rope = tuple[torch.Tensor, ...]  # (cos, signed sin) of every packed token, from RotaryEmbedding
+# (cos, signed sin) of every packed token, from RotaryEmbedding
+Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 class RotaryEmbedding(nn.Module):
@@ -64,8 +65,11 @@ class RotaryEmbedding(nn.Module):
         return cos[:, None, :], sin[:, None, :]
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rotary(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Rotate interleaved pairs (x[2i], x[2i+1]) of the first rotary_dim features of each head:
-    ``(x0 * c - x1 * s, x1 * c + x0 * s)``, ``x`` [tokens, heads, head_dim]."""
+    ``(x0 * c - x1 * s, x1 * c + x0 * s)``, ``x`` [tokens, heads, head_dim]. ``out`` may be x
+    itself (both products are computed before it is written)."""
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-    return x * cos + swapped * sin
+    return torch.add(x * cos, swapped * sin, out=out)

@@ -67,6 +67,7 @@ def decode(
         decode_start=0,
         decode_kv_slots=kv,
         decode_mask=mask[:, None, None, :],
+        decode_uniform=len(set(lengths)) == 1,  # as packing sets it: then no mask is applied
     )
     with torch.inference_mode():
         positions = torch.tensor(lengths) if positions is None else positions
@@ -103,6 +104,24 @@ def test_prefill_then_32_cached_decode_steps_match_transformers(
                 ]
                 torch.testing.assert_close(ours[i], expected, atol=TOLERANCE, rtol=0)
             lengths = [n + 1 for n in lengths]
+
+
+def test_one_sequence_decodes_unmasked_and_matches_transformers(
+    tiny_checkpoint, tiny_model: ServingGlm4
+) -> None:
+    reference = Glm4ForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+    generator = torch.Generator().manual_seed(4)
+    prompt = torch.randint(3, 128, (9,), generator=generator)
+    cache = new_cache(tiny_model, 1)
+    prefill(tiny_model, cache, [(0, 0, prompt)])
+    hf_cache = DynamicCache(config=reference.config)
+    with torch.no_grad():
+        reference(prompt[None], cache=hf_cache, use_cache=True)
+        for n in range(len(prompt), len(prompt) + 8):
+            token = torch.randint(3, 128, (1,), generator=generator)
+            ours = decode(tiny_model, cache, token, [n])
+            expected = reference(token.view(1, 1), cache=hf_cache, use_cache=True).logits[0]
+            torch.testing.assert_close(ours, expected, atol=TOLERANCE, rtol=0)
 
 
 def test_chunked_prefill_matches_one_pass(tiny_model: ServingGlm4) -> None:

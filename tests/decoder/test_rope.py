@@ -32,3 +32,16 @@ def test_rotating_q_and_k_together_equals_transformers_bit_for_bit() -> None:
     assert torch.equal(rotated[:, :4], hf_q[0].transpose(0, 1))
     assert torch.equal(rotated[:, 4:], hf_k[0].transpose(0, 1))
     assert torch.equal(rotated[..., 32:], torch.cat((q, k), dim=1)[..., 32:])  # not rotated
+
+
+def test_rotating_in_place_equals_rotating_into_a_new_tensor() -> None:
+    config = Glm4Config(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    generator = torch.Generator().manual_seed(5)
+    positions = torch.randint(0, 4000, (7,), generator=generator)
+    qkv = torch.randn(7, 8, 64, generator=generator).bfloat16()  # [q | k | v], as attention has
+    cos, sin = RotaryEmbedding(TextModelConfig.from_hf(config))(positions, torch.bfloat16)
+    expected = apply_rotary(qkv[:, :6], cos, sin)
+    v = qkv[:, 6:].clone()
+    apply_rotary(qkv[:, :6], cos, sin, out=qkv[:, :6])
+    assert torch.equal(qkv[:, :6], expected)
+    assert torch.equal(qkv[:, 6:], v)
