@@ -14,6 +14,7 @@ from services.decoder.sampling import (
     Sampler,
     apply_penalties,
     apply_repetition_penalty,
+    argmax_rows,
     mask_min_p,
     mask_top_k_top_p,
 )
@@ -189,3 +190,17 @@ def test_repetition_penalty_is_vllms_over_prompt_and_output_tokens() -> None:
         token = sampler.sample(fixed, [0])[0][0]
         assert token == max(range(VOCAB), key=penalized.__getitem__)
         seen_ids.add(token)
+
+
+@pytest.mark.parametrize("vocab", [32000, 151552, 4096 + 32, 50])
+@pytest.mark.parametrize("rows", [1, 16])
+def test_argmax_rows_equals_argmax_with_ties_minus_inf_and_nan(vocab: int, rows: int) -> None:
+    generator = torch.Generator().manual_seed(vocab + rows)
+    scores = torch.randn(rows, vocab, generator=generator)
+    scores[0, vocab // 3] = scores[0, vocab - 1] = 100.0  # a tie: the first one wins
+    if rows > 1:
+        scores[1] = float("-inf")  # a row masked out entirely: index 0
+        scores[2, 5:] = float("-inf")
+        scores[3, [7, vocab // 2]] = float("nan")  # argmax picks the first NaN
+        scores[4] = scores[4].round()  # many ties among the largest values
+    assert torch.equal(argmax_rows(scores), scores.argmax(dim=-1))
