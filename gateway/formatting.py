@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Sequence
 from pydantic import BaseModel
 from tokenizers import Tokenizer
 
+from gateway.chunks import ChatChunks, LogprobJson, tool_call
 from gateway.errors import map_exception
 from gateway.events import ChoiceEvent, Counts
 from gateway.job import Job
 from gateway.reasoning import token_bytes
 from gateway.responses import (
-    CalledFunction,
     ChatChoice,
     ChatCompletion,
     ChatCompletionChunk,
@@ -34,8 +34,6 @@ from gateway.responses import (
     DeltaMessage,
     PromptTokensDetails,
     TokenLogprob,
-    ToolCall,
-    ToolCallDelta,
     TopLogprob,
     Usage,
 )
@@ -51,6 +49,10 @@ class Formatter:
     model: str
     system_fingerprint: str
     tokenizer: Tokenizer
+    logprob_json: LogprobJson = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "logprob_json", LogprobJson(self.tokenizer))
 
     # --- shared ------------------------------------------------------------------------------
 
@@ -109,7 +111,7 @@ class Formatter:
                 index=i,
                 message=ChatMessage(
                     content=None if c.tool_calls and not c.content else c.content,
-                    tool_calls=[_tool_call(call) for call in c.tool_calls] or None,
+                    tool_calls=[tool_call(call) for call in c.tool_calls] or None,
                     reasoning_content=c.reasoning or None,
                     reasoning=c.reasoning or None,
                 ),
@@ -138,35 +140,19 @@ class Formatter:
 
     async def chat_stream(self, job: Job, events: AsyncIterator[ChoiceEvent]) -> AsyncIterator[str]:
         wants_logprobs = job.params.wants_logprobs()[0]
+        chunks = ChatChunks(
+            job.id, job.created, self.model, self.system_fingerprint,
+            self.logprob_json if wants_logprobs else None,
+        )  # fmt: skip
 
         async def body() -> AsyncIterator[str]:
             for i in range(len(job.generate_requests)):
                 opening = DeltaMessage(role="assistant", content="")
                 yield self._chunk(job, [ChunkChoice(index=i, delta=opening)])
             async for event in events:
-                text, thought = event.delta.content, event.delta.reasoning
-                if not (text or thought or event.finish_reason or event.logprobs):
-                    continue
-                calls = [
-                    ToolCallDelta(index=k, **_tool_call(call).model_dump())
-                    for k, call in enumerate(event.tool_calls)
-                ]
-                delta = DeltaMessage(
-                    content=text or None,
-                    tool_calls=calls or None,
-                    reasoning_content=thought or None,
-                    reasoning=thought or None,
-                )
-                logprobs = (
-                    ChoiceLogprobs(content=self.chat_logprobs(event.logprobs))
-                    if wants_logprobs
-                    else None
-                )
-                choice = ChunkChoice(
-                    index=event.index, delta=delta, logprobs=logprobs,
-                    finish_reason=event.finish_reason,  # type: ignore[arg-type]
-                )  # fmt: skip
-                yield self._chunk(job, [choice])
+                delta = event.delta
+                if delta.content or delta.reasoning or event.finish_reason or event.logprobs:
+                    yield chunks.event(event)
             if job.params.include_usage:
                 yield self._chunk(job, [], self.usage(job.counts))
 
@@ -220,10 +206,6 @@ class Formatter:
 
         async for line in _guarded(body()):
             yield line
-
-
-def _tool_call(call: ParsedCall) -> ToolCall:
-    return ToolCall(id=call.id, function=CalledFunction(name=call.name, arguments=call.arguments))
 
 
 def _event(payload: BaseModel) -> str:
