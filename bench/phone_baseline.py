@@ -8,7 +8,9 @@ per stage, wall and CPU), and a request with another screenshot of the same size
 services called one by one over gRPC (``rpc``: bench/phone_rpc.py, per hop; its own screenshot
 so the decoder's prefix cache cannot serve the image the services leg sent). The figures are
 the median and spread of each round's ratio, so a slow spell on a shared machine moves a round,
-not the verdict; the stages say where the services' extra time goes.
+not the verdict; the stages say where the services' extra time goes. Every leg asks for one
+token: the services' CPU time then holds no decode step that the in-process leg, stopped at
+its first token, does not pay.
 """
 
 from __future__ import annotations
@@ -59,18 +61,18 @@ async def baseline_round(
 
     async def services() -> dict[str, Any]:
         spent = stack_cpu()
-        sample, _ = await one_request(client, model, messages[0], 2, sampling)
+        sample, _ = await one_request(client, model, messages[0], 1, sampling)
         by_process = spent()
         return {"ttft_s": sample.ttft_s, "cpu_s": sum(by_process.values()),
                 "cpu_by_process_s": by_process}  # fmt: skip
 
     async def in_process() -> dict[str, Any]:
-        stages = await asyncio.to_thread(local.first_token, model, messages[0], 2)
+        stages = await asyncio.to_thread(local.first_token, model, messages[0], 1)
         return stages.to_json()
 
     async def by_rpc() -> dict[str, Any]:
         spent = stack_cpu()
-        stages = await rpc.first_token(model, messages[1], 2)
+        stages = await rpc.first_token(model, messages[1], 1)
         return {**stages.to_json(), "stack_cpu_by_process_s": spent()}
 
     legs = {"services": services, "in_process": in_process, "rpc": by_rpc}

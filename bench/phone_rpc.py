@@ -77,7 +77,7 @@ def wire_costs(local: InProcess, model: str, messages: list[Any]) -> dict[str, f
     tensors (the sender's to_pb and bytes, the receiver's parse and from_pb): the vision
     service's patch states to the gateway, the fused tokens (in the GenerateRequest) to the
     decoder."""
-    body, payload = local.parse(model, messages, 2)
+    body, payload = local.parse(model, messages, 1)
     patched = local.encoder.decode(base64.b64decode(payload))
     (embedding,) = local.encoder.encode([patched])
     (tokens,), _ = local.fusion.fuse([embedding], [])
