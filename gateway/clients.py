@@ -35,6 +35,7 @@ from autoglm.v1 import (
     vision_pb2_grpc,
 )
 from gateway.config import GatewayConfig
+from gateway.idle_watch import IdleWatch
 from gateway.media import Media
 from services.common.auth import internal_channel
 from services.common.errors import NotReady
@@ -243,26 +244,28 @@ class ServiceClients:
             request.to_pb(), timeout=deadline.remaining(), metadata=_metadata(request_id)
         )
         self._streams.add(call)
+        idle = IdleWatch(call, self._idle_s)
         try:
             while True:
-                async with asyncio.timeout(self._idle_s):
-                    reply = await call.read()
+                reply = await call.read()
+                idle.heard()
                 if reply is grpc.aio.EOF:
                     return
                 if not reply.heartbeat:
                     yield GenerateOutput.from_pb(reply, request.request_id)
-        except TimeoutError:
-            raise NotReady(
-                f"the decoder sent nothing for {self._idle_s:g} s (not even its heartbeat); "
-                "the stream was ended"
-            ) from None
         except asyncio.CancelledError:
+            if idle.expired:
+                raise NotReady(
+                    f"the decoder sent nothing for {self._idle_s:g} s (not even its heartbeat); "
+                    "the stream was ended"
+                ) from None
             # end_streams() cancelled the call, not our caller: say why the stream ended
             task = asyncio.current_task()
             if self._ending and task is not None and not task.cancelling():
                 raise NotReady(SHUTTING_DOWN) from None
             raise
         finally:
+            idle.stop()
             self._streams.discard(call)
             call.cancel()
 
