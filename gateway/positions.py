@@ -9,11 +9,8 @@ decoder takes from the prompt's positions.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from PIL import Image
 
 from bundle.layout import GLM4V, Bundle
 from gateway.chat import Placeholder, Prompt
@@ -21,9 +18,8 @@ from gateway.config import GatewayConfig
 from gateway.media import Media
 from services.decoder.positions import PositionIds
 from services.vision.glm4v_preprocess import Glm4vImagePreprocessor
-from services.vision.preprocess import ImageLimits
+from services.vision.preprocess import ImageLimits, upright_size
 
-ORIENTATION, QUARTER_TURNS = 0x0112, (5, 6, 7, 8)  # EXIF tag; values that swap width, height
 Grid = tuple[int, int, int]  # (t, h, w) in patches, as the image processor reports image_grid_thw
 
 
@@ -78,12 +74,9 @@ class ImageLayout:
         return cls(preprocess.grid, int(preprocess.processor.merge_size))
 
     def grid(self, image: bytes) -> Grid:
-        """From the header only; an EXIF rotation by 90 degrees swaps the sides, as the vision
-        service turns the image upright before resizing it."""
-        with Image.open(io.BytesIO(image)) as header:
-            width, height = header.size
-            if header.getexif().get(ORIENTATION, 1) in QUARTER_TURNS:
-                width, height = height, width
+        """From the header only, upright: an EXIF rotation by 90 degrees swaps the sides, as
+        the vision service turns the image upright before resizing it."""
+        width, height = upright_size(image)
         return self.grid_of(height, width)
 
     def tokens(self, grid: Grid) -> int:

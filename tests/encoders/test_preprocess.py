@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -12,7 +14,13 @@ from PIL import Image
 from services.audio.preprocess import AudioLimits, ClipHeader, decode_audio, read_header, resample
 from services.audio.preprocess import sniff_format as sniff_audio
 from services.common.errors import InvalidInput, TooLarge
-from services.vision.preprocess import ImageLimits, decode_image, image_pixels
+from services.vision.preprocess import (
+    ImageLimits,
+    decode_image,
+    image_pixels,
+    png_chunk,
+    upright_size,
+)
 from services.vision.preprocess import sniff_format as sniff_image
 from testkit.media import audio_bytes, image_bytes, silent_flac
 from tests.encoders.helpers import encoded_audio
@@ -80,6 +88,45 @@ def test_images_are_decoded_upright_and_in_rgb() -> None:
     decoded = decode_image(out.getvalue(), ImageLimits(max_bytes=2**20, max_pixels=2**20))
     assert decoded.mode == "RGB"
     assert decoded.size == (20, 40)
+
+
+def sideways_png(exif_after_pixels: bool) -> bytes:
+    """A 40x20 PNG with EXIF orientation 6 (rotate 90 on show), its eXIf chunk before the
+    image data as Pillow writes it, or moved after it (the PNG spec allows both)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    Image.new("RGB", (40, 20), "red").save(out, "PNG", exif=exif)
+    data = out.getvalue()
+    if not exif_after_pixels:
+        return data
+    chunk = png_chunk(data, b"eXIf")
+    assert chunk is not None
+    whole = struct.pack(">I", len(chunk)) + b"eXIf" + chunk
+    whole += struct.pack(">I", zlib.crc32(b"eXIf" + chunk))
+    without = data.replace(whole, b"")
+    return without[:-12] + whole + without[-12:]  # before IEND (12 bytes, no data)
+
+
+@pytest.mark.parametrize("exif_after_pixels", [False, True])
+def test_the_upright_size_of_a_png_comes_from_its_chunks(exif_after_pixels: bool) -> None:
+    data = sideways_png(exif_after_pixels)
+    limits = ImageLimits(max_bytes=2**20, max_pixels=2**20)
+    assert upright_size(data) == decode_image(data, limits).size == (20, 40)
+    plain = io.BytesIO()
+    Image.new("RGB", (40, 20)).save(plain, "PNG")
+    assert upright_size(plain.getvalue()) == (40, 20)
+
+
+def test_the_upright_size_decodes_no_pixel() -> None:
+    """Pixel data that cannot be decoded does not matter: only the chunk headers are read."""
+    data = sideways_png(exif_after_pixels=True)
+    pixels = png_chunk(data, b"IDAT")
+    assert pixels is not None
+    broken = data.replace(pixels, bytes(len(pixels)))
+    with pytest.raises(InvalidInput):
+        decode_image(broken, ImageLimits(max_bytes=2**20, max_pixels=2**20))
+    assert upright_size(broken) == (20, 40)
 
 
 def test_clips_are_downmixed_to_mono() -> None:
