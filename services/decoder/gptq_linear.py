@@ -99,7 +99,7 @@ class GPTQLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features)
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # [tokens, in]: as is
         if self.kernel == "dequantize":
             y = x2 @ self.dequantized_weight().to(x.dtype).T
         else:
@@ -116,7 +116,7 @@ class GPTQLinear(nn.Module):
             y = _as(y, x.dtype)
         if self.bias is not None:
             y = y + _as(self.bias, y.dtype)
-        return y.reshape(*shape[:-1], self.out_features)
+        return y if x.dim() == 2 else y.reshape(*shape[:-1], self.out_features)
 
     def _apply(self, fn: Callable[..., torch.Tensor], recurse: bool = True) -> GPTQLinear:
         """model.to(dtype) casts every floating buffer; the kernels' scales stay in theirs, so

@@ -87,7 +87,9 @@ class ModelRunner:
             hidden = self.model(None, positions, batch, self.cache, inputs_embeds=embeds)
             if not sampled:
                 return [], []
-            logits = self.model.logits(hidden[self._longs(index)])
+            # a decode-only step samples every row, in order: no gather
+            rows = hidden if len(index) == hidden.shape[0] else hidden[self._longs(index)]
+            logits = self.model.logits(rows)
         grammars = [cast(GrammarState | None, s.grammar) for s in sampled]
         return self.sampler.sample(logits, [s.row for s in sampled], grammars)
 

@@ -53,7 +53,7 @@ def chunk(seq: Sequence, n: int, device: torch.device) -> tuple[torch.Tensor, to
         ids.append(_longs(seq.output[a:b], device))
         after = range(seq.position_after_prompt(a), seq.position_after_prompt(b))
         positions.append(_longs(list(after), device).expand(prompt.positions.shape[0], -1))
-    return torch.cat(ids), torch.cat(positions, dim=1)
+    return _join(ids), _join(positions, dim=1)
 
 
 def pack(
@@ -88,11 +88,9 @@ def pack(
         next_positions = _longs([s.next_position for s in plan.decodes], device)
         positions.append(next_positions.expand(axes, -1))
         writes.append(decode_kv_slots.gather(1, (lengths - 1)[:, None])[:, 0])
-    batch = ForwardBatch(
-        torch.cat(writes), tuple(spans), start, decode_kv_slots, decode_mask, uniform
-    )
-    packed = torch.cat(positions, dim=1)
-    return torch.cat(ids), packed[0] if axes == 1 else packed, batch
+    batch = ForwardBatch(_join(writes), tuple(spans), start, decode_kv_slots, decode_mask, uniform)
+    packed = _join(positions, dim=1)
+    return _join(ids), packed[0] if axes == 1 else packed, batch
 
 
 def splice(plan: Plan, embeds: torch.Tensor) -> torch.Tensor:
@@ -107,6 +105,11 @@ def splice(plan: Plan, embeds: torch.Tensor) -> torch.Tensor:
                 embeds[target] = segment.embeddings[a - segment.start : b - segment.start]
         start += n
     return embeds
+
+
+def _join(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """torch.cat, without its copy when there is one part (every decode-only step)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
 def _longs(values: list[int], device: torch.device) -> torch.Tensor:
