@@ -102,5 +102,16 @@ class ForwardBatch:
     prefills: tuple[PrefillSpan, ...]
     decode_start: int  # packed index of the first decode token
     decode_kv_slots: torch.Tensor | None = None  # [decodes, longest]: slots each decode reads
-    decode_mask: torch.Tensor | None = None  # [decodes, 1, 1, longest]: True = attend
+    # [decodes, 1, 1, longest]: True = attend (or, from with_mask_bias, 0 = attend)
+    decode_mask: torch.Tensor | None = None
     decode_uniform: bool = False  # every decode attends over all `longest`: the mask is all True
+
+    def with_mask_bias(self, dtype: torch.dtype) -> ForwardBatch:
+        """This batch with its boolean decode mask as attention's additive bias (0 where True,
+        -inf where False) in the model's dtype, made once per step: scaled_dot_product_attention
+        converts a boolean mask into exactly that bias, in every layer."""
+        mask = self.decode_mask
+        if mask is None or mask.dtype != torch.bool or self.decode_uniform:
+            return self
+        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return dataclasses.replace(self, decode_mask=bias.masked_fill_(~mask, float("-inf")))

@@ -189,7 +189,8 @@ class Glm4Model(nn.Module):
     def forward(
         self, embeds: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, cache: KVCache
     ) -> torch.Tensor:
-        rope = self.rotary_emb(positions, embeds.dtype)
+        rope = self.rotary_emb(positions, embeds.dtype)  # both made once for all layers
+        batch = batch.with_mask_bias(embeds.dtype)
         x = embeds
         for layer in self.layers:
             x = layer(x, rope, batch, cache)

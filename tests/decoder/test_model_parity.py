@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache, Glm4ForCausalLM
 
 from services.decoder.kv_cache import ForwardBatch, KVCache, PrefillSpan
@@ -146,3 +147,15 @@ def test_explicit_positions_and_input_embeddings_match_transformers(
     with torch.no_grad():
         expected = reference(inputs_embeds=embeds[None], position_ids=positions[None]).logits[0]
     torch.testing.assert_close(ours, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_the_decode_masks_bias_attends_exactly_as_the_boolean_mask() -> None:
+    generator = torch.Generator().manual_seed(6)
+    q = torch.randn(4, 2, 3, 16, generator=generator).bfloat16()
+    k, v = torch.randn(2, 4, 2, 9, 16, generator=generator).bfloat16()
+    mask = (torch.arange(9) < torch.tensor([9, 4, 1, 7])[:, None])[:, None, None, :]
+    batch = ForwardBatch(torch.zeros(4, dtype=torch.long), (), 0, torch.zeros(4, 9), mask)
+    bias = batch.with_mask_bias(torch.bfloat16).decode_mask
+    assert bias is not None and bias.dtype == torch.bfloat16
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(F.scaled_dot_product_attention(q, k, v, attn_mask=bias), expected)
