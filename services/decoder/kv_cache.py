@@ -81,7 +81,8 @@ class KVCache:
         """K and V at slots of any shape: [*slots.shape, kv_heads, head_dim]. index_select, not
         advanced indexing: on the CPU the latter is far slower for this gather."""
         kv = self.layers[layer].index_select(0, slots.flatten()).unflatten(0, slots.shape)
-        return kv.select(-3, 0), kv.select(-3, 1)
+        k, v = kv.unbind(-3)
+        return k, v
 
 
 @dataclasses.dataclass(frozen=True)
