@@ -80,10 +80,18 @@ def split_text(text: str, folder: Path) -> tuple[Path, str]:
 
 
 def linked_bundle(bundle: Bundle, root: Path) -> Bundle:
-    """A second bundle sharing every part of ``bundle`` but the GPTQ checkpoint (symlinks)."""
+    """A second bundle sharing every part of ``bundle`` but the GPTQ checkpoint: its folders
+    are real, their entries symlinks (a part that is itself a symlink leads out of the bundle,
+    which Bundle.load refuses)."""
     root.mkdir()
     for path in bundle.root.iterdir():
-        if path != bundle.decoder_gptq:
+        if path == bundle.decoder_gptq:
+            continue
+        if path.is_dir():
+            (root / path.name).mkdir()
+            for entry in path.iterdir():
+                (root / path.name / entry.name).symlink_to(entry.resolve())
+        else:
             (root / path.name).symlink_to(path.resolve())
     return Bundle.load(root)
 
@@ -110,13 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         calibration, held_out = split_text(DEFAULT_CALIBRATION.read_text(), Path(tmp))
         started = time.perf_counter()
         flags = ["--calibration", str(calibration), "--samples", str(args.samples)]
-        if autoglm(["quantize", str(bundle.root), *flags]) != 0:
+        # both GPTQ checkpoints in linked bundles: a given bundle's own is left as it is
+        plain = linked_bundle(bundle, Path(tmp) / "gptq")
+        if autoglm(["quantize", str(plain.root), *flags]) != 0:
             return 1
         quantize_s = time.perf_counter() - started
         with_head = linked_bundle(bundle, Path(tmp) / "lm-head")
         if autoglm(["quantize", str(with_head.root), "--lm-head", *flags]) != 0:
             return 1
-        bundles = {False: bundle, True: with_head}  # by Variant.lm_head
+        bundles = {False: plain, True: with_head}  # by Variant.lm_head
 
         tokens = AutoTokenizer.from_pretrained(bundle.decoder)(held_out, verbose=False)
         eval_ids = calibration_ids(tokens["input_ids"], 4, 128)
