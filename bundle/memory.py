@@ -6,9 +6,10 @@ Each service's part in FP16 beside the form the stack serves it in:
 - vision: the tower (``model.visual.*`` up to post_layernorm), its Linear layers in LLM.int8()
   (one byte per weight plus an fp32 scale per output row), everything else FP16;
 - gateway: the projector (downsample + merger), always FP16;
-- decoder: the text model and lm_head, the decoder layers' Linear weights in GPTQ 4-bit (int4
-  ``qweight``, per group an fp16 scale and a 4-bit zero point, an int32 ``g_idx`` per input),
-  embeddings, norms, biases and lm_head FP16 (as `autoglm quantize` writes them);
+- decoder: the text model and lm_head, the decoder layers' Linear weights and the lm_head in
+  GPTQ 4-bit (int4 ``qweight``, per group an fp16 scale and a 4-bit zero point, an int32
+  ``g_idx`` per input), embeddings, norms and biases FP16 (as `autoglm quantize` writes them by
+  default; the lm_head stays FP16 when its vocabulary does not pack in 4 bits);
 plus the decoder's KV cache per token (FP16 keys and values of every layer).
 """
 
@@ -30,6 +31,7 @@ from transformers.configuration_utils import PretrainedConfig
 
 from bundle.hf_import import read_config
 from bundle.layout import MANIFEST, Bundle
+from quantize.checkpoint import packs
 from services.decoder.text_config import TextModelConfig
 
 FP16 = 2
@@ -81,10 +83,10 @@ def _part(
     part: str,
     owns: tuple[str, ...],
     skip: tuple[str, ...],
-    quantized: tuple[str, str] | None,
+    quantized: tuple[tuple[str, ...], str] | None,
 ) -> PartMemory:
     """The parameters whose names start with one of ``owns`` (and none of ``skip``); with
-    ``quantized`` = (layers prefix, "int8"|"gptq"), the Linear layers under that prefix in it."""
+    ``quantized`` = (module prefixes, "int8"|"gptq"), the Linear layers under them in it."""
 
     def mine(name: str) -> bool:
         return name.startswith(owns) and not name.startswith(skip)
@@ -94,11 +96,11 @@ def _part(
     served = total * FP16
     label = "FP16"
     if quantized is not None:
-        layers, method = quantized
+        prefixes, method = quantized
         label = "LLM.int8()" if method == "int8" else f"GPTQ 4-bit, group {GPTQ_GROUP_SIZE}"
         size = int8_bytes if method == "int8" else gptq_bytes
         for name, module in model.named_modules():
-            if isinstance(module, nn.Linear) and name.startswith(layers) and mine(name + "."):
+            if isinstance(module, nn.Linear) and name.startswith(prefixes) and mine(name + "."):
                 fp = sum(p.numel() for p in module.parameters()) * FP16
                 served += size(module) - fp
     return PartMemory(service, part, label, total, served)
@@ -123,20 +125,21 @@ def estimate(config: PretrainedConfig) -> MemoryEstimate:
     # The decoder's own reading of the text model's shape (its head size rule included).
     text = TextModelConfig.from_hf(config)
     kv = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * FP16
+    head = ("lm_head",) if packs(text.vocab_size, 4) else ()  # as `autoglm quantize` decides
     parts: tuple[PartMemory, ...]
     if isinstance(config, Glm4vConfig):
         language = "model.language_model."
         parts = (
             _part(model, "vision", "tower", ("model.visual.",), PROJECTOR,
-                  ("model.visual.blocks.", "int8")),
+                  (("model.visual.blocks.",), "int8")),
             _part(model, "gateway", "projector", PROJECTOR, (), None),
             _part(model, "decoder", "text model + lm_head", (language, "lm_head."), (),
-                  (language + "layers.", "gptq")),
+                  ((language + "layers.", *head), "gptq")),
         )  # fmt: skip
     else:
         parts = (
             _part(model, "decoder", "text model + lm_head", ("model.", "lm_head."), (),
-                  ("model.layers.", "gptq")),
+                  (("model.layers.", *head), "gptq")),
         )  # fmt: skip
     return MemoryEstimate(parts, kv)
 

@@ -93,11 +93,17 @@ class QuantizedWeight:
         )
 
 
+def packs(size: int, bits: int) -> bool:
+    """Whether a dimension of ``size`` packs into int32 words of ``32 // bits`` values (GPTQ
+    packs the zero points along the outputs: an lm_head's vocabulary must)."""
+    return size % (32 // bits) == 0
+
+
 def pack_int32(values: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     """Pack ``32 // bits`` consecutive values along ``dim`` into one int32, lowest bits first."""
     per = 32 // bits
     moved = values.to(torch.int64).movedim(dim, -1)
-    if moved.shape[-1] % per:
+    if not packs(moved.shape[-1], bits):
         raise ValueError(f"dimension of size {moved.shape[-1]} is not a multiple of {per}")
     if int(moved.min()) < 0 or int(moved.max()) >= 2**bits:
         raise ValueError(f"values do not fit in {bits} bits")

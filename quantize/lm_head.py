@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantize.checkpoint import QuantizedWeight
+from quantize.checkpoint import QuantizedWeight, packs
 from quantize.gptq import Hessian, gptq_quantize
 from quantize.layerwise import GPTQSettings, inputs_reaching
 
@@ -27,11 +27,10 @@ def quantize_lm_head(
 ) -> QuantizedWeight:
     head = model.get_submodule(LM_HEAD)
     assert isinstance(head, nn.Linear)
-    per_word = 32 // settings.bits  # zero points are packed along the outputs
-    if head.out_features % per_word:
+    if not packs(head.out_features, settings.bits):
         raise ValueError(
-            f"--lm-head: a vocabulary of {head.out_features} is not a multiple of {per_word}, "
-            f"which {settings.bits}-bit GPTQ packing needs"
+            f"--lm-head: a vocabulary of {head.out_features} is not a multiple of "
+            f"{32 // settings.bits}, which {settings.bits}-bit GPTQ packing needs"
         )
     hessian = Hessian(head.in_features)
 

@@ -116,6 +116,16 @@ def test_a_gptqmodel_checkpoint_of_glm4v_loads_into_the_fused_layers(
     assert (ours - expected).norm() / expected.norm() < 3e-2
 
 
+def test_lm_head_asked_for_with_a_vocabulary_that_does_not_pack_is_refused_up_front(
+    glm4v_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = Path(shutil.copytree(glm4v_checkpoint, tmp_path / "GLM-4.1V"))
+    bundle = import_checkpoint(checkpoint)
+    assert main(["quantize", str(checkpoint), "--lm-head"]) == 2
+    assert "a vocabulary of 4020 is not a multiple of 8" in capsys.readouterr().err
+    assert not bundle.decoder_gptq.exists()
+
+
 def test_autoglm_quantize_writes_the_language_model_of_an_imported_glm4v_bundle(
     glm4v_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -126,7 +136,7 @@ def test_autoglm_quantize_writes_the_language_model_of_an_imported_glm4v_bundle(
     names = set(load_file(bundle.decoder_gptq / "model.safetensors"))
     assert "model.language_model.layers.1.mlp.gate_up_proj.qweight" in names  # its own names
     assert "model.language_model.layers.1.post_mlp_layernorm.weight" in names
-    assert "lm_head.weight" in names
+    assert "lm_head.weight" in names  # its vocabulary (4,020) does not pack in 4 bits: kept
     assert not any(n.startswith("model.visual.") for n in names)  # the tower is vision's part
 
     model = ServingGlm4.from_pretrained(bundle.decoder, torch.float32, CPU)

@@ -82,7 +82,7 @@ def test_quantize_writes_a_gptq_checkpoint_beside_the_fp_one(tiny_bundle: Bundle
                 == tensors[f"{prefix}.qweight"].shape[0] * 32
             )
         assert f"model.layers.{layer}.self_attn.q_proj.bias" in tensors
-    assert tensors["lm_head.weight"].dtype == torch.float32  # lm_head stays unquantized
+    assert "lm_head.weight" not in tensors  # quantized by default (--no-lm-head keeps it)
 
 
 def test_quantize_reuses_an_up_to_date_checkpoint(
@@ -97,7 +97,7 @@ def test_quantize_reuses_an_up_to_date_checkpoint(
 
 @pytest.mark.parametrize("flags", [["--act-order"], ["--bits", "8", "--group-size", "-1"]])
 def test_loaded_checkpoint_is_close_to_fp(tiny_bundle: Bundle, flags: list[str]) -> None:
-    assert main(["quantize", str(tiny_bundle.root), *flags, *FAST]) == 0
+    assert main(["quantize", str(tiny_bundle.root), *flags, "--no-lm-head", *FAST]) == 0
     model = fp_model(tiny_bundle)
     label = apply_quantization(model, "gptq", tiny_bundle, CPU)
     assert label == ("gptq-8bit" if "8" in flags else "gptq-4bit")
@@ -126,8 +126,18 @@ def test_loaded_checkpoint_is_close_to_fp(tiny_bundle: Bundle, flags: list[str])
     assert_same_up_to_bf16(quant, logits(simulated, ids))
 
 
-def test_lm_head_option_quantizes_the_output_projection_too(tiny_bundle: Bundle) -> None:
-    assert main(["quantize", str(tiny_bundle.root), "--lm-head", *FAST]) == 0
+def test_no_lm_head_keeps_the_output_projection_in_floating_point(tiny_bundle: Bundle) -> None:
+    assert main(["quantize", str(tiny_bundle.root), "--no-lm-head", *FAST]) == 0
+    assert not read_quant_config(tiny_bundle.decoder_gptq).lm_head
+    tensors = load_file(tiny_bundle.decoder_gptq / "model.safetensors")
+    assert tensors["lm_head.weight"].dtype == torch.float32 and "lm_head.qweight" not in tensors
+    model = fp_model(tiny_bundle)
+    assert apply_quantization(model, "gptq", tiny_bundle, CPU) == "gptq-4bit"
+    assert isinstance(model.lm_head, torch.nn.Linear)
+
+
+def test_the_output_projection_is_quantized_by_default(tiny_bundle: Bundle) -> None:
+    assert main(["quantize", str(tiny_bundle.root), *FAST]) == 0
     folder = tiny_bundle.decoder_gptq
     assert read_quant_config(folder).lm_head
     tensors = load_file(folder / "model.safetensors")
