@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, Glm4ForCausalLM
@@ -11,6 +14,12 @@ from services.decoder.model import Glm4ForCausalLM as ServingGlm4
 
 TOLERANCE = 1e-4
 REGION = 128  # each test sequence owns cache slots [i * REGION, (i + 1) * REGION)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint: Path) -> Glm4ForCausalLM:
+    """transformers' model of the same checkpoint, in FP32."""
+    return Glm4ForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
 
 
 def new_cache(model: ServingGlm4, sequences: int) -> KVCache:
@@ -76,9 +85,8 @@ def decode(
 
 
 def test_prefill_then_32_cached_decode_steps_match_transformers(
-    tiny_checkpoint, tiny_model: ServingGlm4
+    reference: Glm4ForCausalLM, tiny_model: ServingGlm4
 ) -> None:
-    reference = Glm4ForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
     generator = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, 128, (n,), generator=generator) for n in (5, 11, 23)]
     cache = new_cache(tiny_model, len(prompts))
@@ -108,9 +116,8 @@ def test_prefill_then_32_cached_decode_steps_match_transformers(
 
 
 def test_one_sequence_decodes_unmasked_and_matches_transformers(
-    tiny_checkpoint, tiny_model: ServingGlm4
+    reference: Glm4ForCausalLM, tiny_model: ServingGlm4
 ) -> None:
-    reference = Glm4ForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
     generator = torch.Generator().manual_seed(4)
     prompt = torch.randint(3, 128, (9,), generator=generator)
     cache = new_cache(tiny_model, 1)
@@ -136,9 +143,8 @@ def test_chunked_prefill_matches_one_pass(tiny_model: ServingGlm4) -> None:
 
 
 def test_explicit_positions_and_input_embeddings_match_transformers(
-    tiny_checkpoint, tiny_model: ServingGlm4
+    reference: Glm4ForCausalLM, tiny_model: ServingGlm4
 ) -> None:
-    reference = Glm4ForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
     generator = torch.Generator().manual_seed(3)
     ids = torch.randint(3, 128, (12,), generator=generator)
     positions = torch.tensor([0, 1, 2, 3, 3, 3, 3, 4, 5, 9, 10, 11])
