@@ -7,11 +7,14 @@ oneDNN bf16 (AMX here), and 35.9 against 13.5 ms at 512 rows. Unpacking the code
 one pass over the weight per call, independent of the rows, so from some row count (prefill
 chunks, large batches) unpack + bf16 GEMM is the faster path. Where that crossover lies depends
 on the CPU, and measuring it at start-up took minutes under load on a shared 2-core machine, so
-``table_rows`` gives it from a table instead: with AMX (oneDNN's bf16 GEMM on tiles) unpacking
-wins from ``AMX_ROWS`` rows on all the bench decoder's shapes (1 thread, rows: int4 / unpacked
-ms: MLP 5632x1024 at 512: 97 / 36, at 128: 30 / 32; down 1024x2816 at 512: 51 / 31, at 128:
-12.0 / 11.6; qkv 1536x1024 likewise), which prefill chunks reach and decode batches do not;
-without AMX the bf16 GEMM is no faster than the int4 kernel and the path stays off.
+``table_rows`` gives it from a table instead: with AMX (oneDNN's bf16 GEMM on tiles) the two
+are even at ~128-180 rows and unpacking wins from ``AMX_ROWS`` on all the bench decoder's shapes
+(2 threads, a quiet 2-core host, one layer's gate_up 11264x1024 + down 1024x5632 + qkv
+1536x1024 + o 1024x1024, int4 / unpacked ms: 64 rows 21.3 / 41.7, 128: 42.8 / 43.3, 192:
+66.1 / 56.3, 256: 86.6 / 51.4; the whole bench decoder prefilling 16 prompts at once, int4 /
+unpacked from that row count: 160 rows 286 / 304 ms, 192: 338 / 324, 240: 415 / 346), which
+prefill chunks and batched prompt tails reach and decode batches do not; without AMX the bf16
+GEMM is no faster than the int4 kernel and the path stays off.
 
 The unpacking reads the int4 kernel's own packed tensor, so no second resident copy exists:
 the unpacked weights live in a per-thread scratch buffer, a chunk of output blocks at a time
@@ -30,7 +33,7 @@ import torch
 
 BLOCK_N = 64  # outputs per block of the AVX-512 int4 packing
 CHUNK_WEIGHTS = 1 << 21  # weights unpacked at a time: 2 MB of codes, 16 MB of floats
-AMX_ROWS = 256  # rows from which unpacking wins on an AMX CPU (the table above)
+AMX_ROWS = 192  # rows from which unpacking wins on an AMX CPU (the table above)
 KERNEL_DTYPE = torch.bfloat16
 
 _scratch = threading.local()
