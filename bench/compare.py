@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import openai
 from rich.console import Console
 from rich.table import Table
@@ -164,16 +163,13 @@ async def cells(
 ) -> list[dict[str, Any]]:
     # llama-server can drop a kept-alive connection just as the next request goes out on it
     # ("Server disconnected without sending a response" between two requests at c=1, about one
-    # run in three here), so neither side's client keeps connections between requests
-    fresh_connections = openai.DefaultAsyncHttpxClient(
-        limits=httpx2.Limits(max_keepalive_connections=0)
-    )
+    # run in three here), so both sides are asked to close each connection after its request
     async with openai.AsyncOpenAI(
         base_url=f"{url}/v1",
         api_key="EMPTY",
         max_retries=0,
         timeout=REQUEST_TIMEOUT_S,
-        http_client=fresh_connections,
+        default_headers={"Connection": "close"},
     ) as client:
         warm_up = [user_content("text", 10**6)]
         await run_cell(client, model, warm_up, 1, 4, every_token_streamed)

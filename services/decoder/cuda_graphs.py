@@ -105,7 +105,7 @@ class DecodeGraphs:
     """The decode steps of one model and cache, run as CUDA graphs per bucket."""
 
     def __init__(self, model: Glm4ForCausalLM, cache: KVCache, max_model_len: int) -> None:
-        if cache.k.device.type != "cuda":
+        if cache.kv.device.type != "cuda":
             raise ValueError("CUDA graphs need the model and its KV cache on a CUDA device")
         self.model, self.cache, self.max_model_len = model, cache, max_model_len
         self.pool = torch.cuda.graph_pool_handle()  # one memory pool shared by every bucket

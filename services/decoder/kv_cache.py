@@ -45,7 +45,6 @@ class KVCache:
         self.scratch_slot = num_blocks * block_size
         shape = (num_layers, self.scratch_slot + 1, 2, num_kv_heads, head_dim)
         self.kv = torch.zeros(shape, dtype=dtype, device=device)
-        self.k, self.v = self.kv[:, :, 0], self.kv[:, :, 1]
         self.layers = self.kv.unbind(0)  # views made once: no select per layer and step
         self.block_size = block_size
         self.num_blocks = num_blocks
@@ -69,8 +68,8 @@ class KVCache:
 
     def slots(self, blocks: list[int], n_tokens: int) -> torch.Tensor:
         """The flat cache slot of each of a request's first n_tokens logical tokens."""
-        ids = torch.tensor(blocks, dtype=torch.long, device=self.k.device)
-        offsets = torch.arange(self.block_size, device=self.k.device)
+        ids = torch.tensor(blocks, dtype=torch.long, device=self.kv.device)
+        offsets = torch.arange(self.block_size, device=self.kv.device)
         return (ids[:, None] * self.block_size + offsets).flatten()[:n_tokens]
 
     def write(self, layer: int, slots: torch.Tensor, kv: torch.Tensor) -> None:
