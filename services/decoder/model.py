@@ -9,7 +9,7 @@ into one ``qkv_proj`` (one GEMM instead of three), as GLM's gate and up already 
 What differs is the calling convention: one forward takes the new tokens of every scheduled
 request packed into one sequence (``[tokens]`` ids, positions ``[tokens]`` or ``[3, tokens]``
 for mRoPE), writes their K/V into the paged cache and attends over each request's own cached
-tokens (``kv_cache.ForwardBatch``).
+tokens (``kv_cache.ForwardBatch``, ``attention.py``).
 
 GLM-4 specifics: rotary embedding on the first half of each head only (``partial_rotary_factor``)
 with interleaved pairs, grouped-query attention with biased q/k/v, a fused gate/up SwiGLU, and
@@ -26,8 +26,9 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from bundle.checkpoint import read_tensors
-from services.decoder.kv_cache import ForwardBatch, KVCache, PrefillSpan
-from services.decoder.rope import Rope, RotaryEmbedding, apply_rotary
+from services.decoder.attention import Glm4Attention
+from services.decoder.kv_cache import ForwardBatch, KVCache
+from services.decoder.rope import Rope, RotaryEmbedding
 from services.decoder.text_config import TextModelConfig
 
 
@@ -71,79 +72,6 @@ class RMSNorm(nn.Module):
         return weight * F.rms_norm(x, (x.shape[-1],), eps=self.eps)
 
 
-class Glm4Attention(nn.Module):
-    def __init__(self, config: TextModelConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
-        # q, k and v fused into one Linear [q | k | v] (the checkpoint's three are joined at
-        # load, join_qkv): one GEMM and one int4 call per layer instead of three
-        self.qkv_proj = nn.Linear(
-            config.hidden_size,
-            (self.num_heads + 2 * self.num_kv_heads) * self.head_dim,
-            bias=config.attention_bias,
-        )
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
-
-    def forward(
-        self, x: torch.Tensor, rope: Rope, batch: ForwardBatch, cache: KVCache
-    ) -> torch.Tensor:
-        tokens, heads, kv_heads = x.shape[0], self.num_heads, self.num_kv_heads
-        qkv = self.qkv_proj(x).view(tokens, heads + 2 * kv_heads, self.head_dim)
-        qk = qkv[:, : heads + kv_heads]
-        apply_rotary(qk, *rope, out=qk)  # q and k in one go, in place: [q | k | v] stays whole
-        q = qkv[:, :heads]
-        cache.write(self.layer_idx, batch.write_slots, qkv[:, heads:].unflatten(1, (2, kv_heads)))
-        if not batch.prefills:  # decodes only: no output to assemble
-            return self.o_proj(self._decode(q, batch, cache).reshape(tokens, -1))
-
-        out = q.new_empty(tokens, heads, self.head_dim)
-        for span in batch.prefills:
-            chunk = qkv[span.start : span.end]
-            k, v = chunk[:, heads : heads + kv_heads], chunk[:, heads + kv_heads :]
-            out[span.start : span.end] = self._prefill(chunk[:, :heads], k, v, span, cache)
-        if batch.decode_kv_slots is not None:
-            out[batch.decode_start :] = self._decode(q[batch.decode_start :], batch, cache)
-        return self.o_proj(out.view(tokens, -1))
-
-    def _prefill(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: PrefillSpan, cache: KVCache
-    ) -> torch.Tensor:
-        """One request's chunk: causal over its cached context plus the chunk itself."""
-        n = q.shape[0]
-        if span.context == 0:  # nothing cached yet: attend over the fresh K/V, plain causal
-            mask, causal = None, True
-        else:
-            k, v = cache.read(self.layer_idx, span.kv_slots)
-            full = torch.ones(n, k.shape[0], dtype=torch.bool, device=q.device)
-            mask, causal = full.tril(diagonal=span.context), False
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None],
-            k.transpose(0, 1)[None],
-            v.transpose(0, 1)[None],
-            attn_mask=mask,
-            is_causal=causal,
-            enable_gqa=True,
-        )
-        return out[0].transpose(0, 1)
-
-    def _decode(self, q: torch.Tensor, batch: ForwardBatch, cache: KVCache) -> torch.Tensor:
-        """One new token per request, batched. The query heads sharing a KV head become that
-        head's query rows ([B, kv_heads, group, d]), so no K/V is repeated per query head."""
-        assert batch.decode_kv_slots is not None
-        b = q.shape[0]
-        k, v = cache.read(self.layer_idx, batch.decode_kv_slots)  # [B, L, kv, d]
-        k, v = k.transpose(1, 2), v.transpose(1, 2)
-        group = self.num_heads // self.num_kv_heads
-        grouped = q.reshape(b, self.num_kv_heads, group, self.head_dim)
-        # every row attending over all `longest` slots (always so at batch 1) needs no mask
-        mask = None if batch.decode_uniform else batch.decode_mask
-        out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask)
-        return out.reshape(b, self.num_heads, self.head_dim)
-
-
 class Glm4MLP(nn.Module):
     def __init__(self, config: TextModelConfig) -> None:
         super().__init__()
@@ -185,12 +113,13 @@ class Glm4Model(nn.Module):
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
+        self.query_group = config.num_attention_heads // config.num_key_value_heads
 
     def forward(
         self, embeds: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, cache: KVCache
     ) -> torch.Tensor:
         rope = self.rotary_emb(positions, embeds.dtype)  # both made once for all layers
-        batch = batch.with_mask_bias(embeds.dtype)
+        batch = batch.for_attention(embeds.dtype, self.query_group, cache.scratch_slot)
         x = embeds
         for layer in self.layers:
             x = layer(x, rope, batch, cache)

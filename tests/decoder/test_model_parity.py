@@ -161,7 +161,7 @@ def test_the_decode_masks_bias_attends_exactly_as_the_boolean_mask() -> None:
     k, v = torch.randn(2, 4, 2, 9, 16, generator=generator).bfloat16()
     mask = (torch.arange(9) < torch.tensor([9, 4, 1, 7])[:, None])[:, None, None, :]
     batch = ForwardBatch(torch.zeros(4, dtype=torch.long), (), 0, torch.zeros(4, 9), mask)
-    bias = batch.with_mask_bias(torch.bfloat16).decode_mask
+    bias = batch.for_attention(torch.bfloat16, 2, 0).decode_mask
     assert bias is not None and bias.dtype == torch.bfloat16
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert torch.equal(F.scaled_dot_product_attention(q, k, v, attn_mask=bias), expected)
