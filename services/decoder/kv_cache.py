@@ -101,11 +101,17 @@ class PrefillSpan:
 # CPU against ~4 ms batched). So spans, shortest chunk first, join a group while its padded
 # score matrix stays within PADDING_BOUND x the spans' own: equal tails become one call, a long
 # chunk beside short tails stays alone (padding every tail to its rows would cost far more).
+# The group's additive bias is materialised, once per step, at query heads per KV head x its
+# cells (spans x rows x KV length): MAX_GROUP_CELLS keeps it to tens of MB (2M cells, 16 heads
+# per KV head, bf16: 64 MB), where long chunks over long contexts, batched, would take GBs;
+# such spans gain little from batching anyway, their own compute dwarfs a call's overhead.
 PADDING_BOUND = 2.0
+MAX_GROUP_CELLS = 1 << 21
 
 
 def group_spans(spans: tuple[PrefillSpan, ...]) -> list[tuple[PrefillSpan, ...]]:
-    """The spans in batches whose padded attention costs at most PADDING_BOUND x their own."""
+    """The spans in batches whose padded attention costs at most PADDING_BOUND x their own,
+    of at most MAX_GROUP_CELLS padded cells each (a span alone may have more)."""
     groups: list[tuple[PrefillSpan, ...]] = []
     current: tuple[PrefillSpan, ...] = ()
     for span in sorted(spans, key=lambda s: (s.end - s.start, s.kv_slots.shape[0])):
@@ -113,7 +119,8 @@ def group_spans(spans: tuple[PrefillSpan, ...]) -> list[tuple[PrefillSpan, ...]]
         rows = max(s.end - s.start for s in joined)
         columns = max(s.kv_slots.shape[0] for s in joined)
         own = sum((s.end - s.start) * s.kv_slots.shape[0] for s in joined)
-        if current and len(joined) * rows * columns > PADDING_BOUND * own:
+        cells = len(joined) * rows * columns
+        if current and (cells > PADDING_BOUND * own or cells > MAX_GROUP_CELLS):
             groups.append(current)
             joined = (span,)
         current = joined

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from services.decoder.kv_cache import (
+    MAX_GROUP_CELLS,
     ForwardBatch,
     KVCache,
     PrefillGroup,
@@ -115,6 +116,16 @@ def test_equal_tails_are_one_group_and_a_long_chunk_stays_alone() -> None:
     assert group_spans((*tails, chunk)) == [tails, (chunk,)]
     assert group_spans((chunk,)) == [(chunk,)]
     assert group_spans(()) == []
+
+
+def test_a_group_stays_within_a_bounded_bias() -> None:
+    long_tails = tuple(span(17 * i, 17, 40_000) for i in range(16))  # 16 x 17 x 40017 cells
+    groups = group_spans(long_tails)
+    assert sorted(s.start for g in groups for s in g) == [s.start for s in long_tails]
+    assert all(len(g) * 17 * 40_017 <= MAX_GROUP_CELLS for g in groups)
+    assert len(groups) == 6  # as few as that allows: 3 spans a group, one left over
+    chunks = (span(0, 2048, 8192), span(2048, 2048, 8192))  # each alone past the bound
+    assert group_spans(chunks) == [chunks[:1], chunks[1:]]
 
 
 def test_a_group_pads_rows_and_columns_and_every_row_attends_somewhere() -> None:
