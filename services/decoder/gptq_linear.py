@@ -19,6 +19,7 @@ instead.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Literal
 
@@ -26,7 +27,16 @@ import torch
 from torch import nn
 
 from quantize.checkpoint import QuantizedWeight
-from services.decoder.int4_dequant import can_dequantize, dequantized_mm, table_rows
+from services.decoder.int4_dequant import (
+    Unpack,
+    can_dequantize,
+    compiled_unpack,
+    dequantized_mm,
+    table_rows,
+    unpack_halves,
+)
+
+log = logging.getLogger(__name__)
 
 KERNEL_GROUP_SIZES = (256, 128, 64, 32)  # what both int4 kernels accept, largest first
 CUDA_INNER_K_TILES = (8, 4, 2)
@@ -73,6 +83,8 @@ class GPTQLinear(nn.Module):
         layout = int4_layout(weight, device) if allow_kernel else None
         self.kernel = "dequantize" if layout is None else f"int4-{device.type}"
         self.dequant_rows: int | None = None
+        self.rows_from_table = dequant_rows == "table"  # compile_unpacking moves them
+        self.unpack: Unpack = unpack_halves
         if layout is None:
             # Fallback: keep the codes as bytes, dequantize on every call.
             self.register_buffer("q", weight.q.to(device))
@@ -108,7 +120,7 @@ class GPTQLinear(nn.Module):
             x2 = _as(x2, KERNEL_DTYPE).contiguous()
             sz = self.scales_and_zeros  # in KERNEL_DTYPE whatever the module is cast to (_apply)
             if self.dequant_rows is not None and x2.shape[0] >= self.dequant_rows:
-                y = dequantized_mm(x2, self.packed, sz, self.group)
+                y = dequantized_mm(x2, self.packed, sz, self.group, self.unpack)
             elif self.kernel == "int4-cuda":
                 y = torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group, sz)
             else:
@@ -135,8 +147,37 @@ class GPTQLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bits={self.bits}, kernel={self.kernel}, dequant_rows={self.dequant_rows}"
+            f"bits={self.bits}, kernel={self.kernel}, dequant_rows={self.dequant_rows}, "
+            f"unpack={'compiled' if self.unpack is not unpack_halves else 'eager'}"
         )
+
+
+def compile_unpacking(model: nn.Module) -> int:
+    """Switch every GPTQLinear that unpacks (``dequant_rows``) to ``compiled_unpack`` and, where
+    its crossover came from the table, to the compiled one; returns how many. Each chunk shape
+    is compiled here, at load, by one call per layer at its crossover, not by a first long
+    prompt. Where inductor cannot compile (no C++ compiler, say) the eager unpacking stays and
+    0 is returned."""
+    layers = [m for m in model.modules() if isinstance(m, GPTQLinear) and m.dequant_rows]
+    if not layers:
+        return 0
+    unpack = compiled_unpack()
+    try:
+        with torch.inference_mode():
+            for layer in layers:
+                rows = table_rows(compiled=True) if layer.rows_from_table else layer.dequant_rows
+                assert rows is not None  # the layer unpacks, so this CPU has a crossover
+                x = torch.zeros(rows, layer.in_features, dtype=KERNEL_DTYPE)
+                sz = layer.scales_and_zeros
+                dequantized_mm(x, layer.packed, sz, layer.group, unpack)
+    except Exception as error:  # inductor's failures have no common type; eager still works
+        log.warning("4-bit unpacking stays eager: torch.compile failed here (%s)", error)
+        return 0
+    for layer in layers:
+        layer.unpack = unpack
+        if layer.rows_from_table:
+            layer.dequant_rows = table_rows(compiled=True)
+    return len(layers)
 
 
 def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

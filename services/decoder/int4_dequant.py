@@ -17,37 +17,46 @@ prefill chunks and batched prompt tails reach and decode batches do not; without
 GEMM is no faster than the int4 kernel and the path stays off.
 
 The unpacking reads the int4 kernel's own packed tensor, so no second resident copy exists:
-the unpacked weights live in a per-thread scratch buffer, a chunk of output blocks at a time
-(at most ``CHUNK_WEIGHTS`` weights, 8 bytes each: a 32000-row lm_head needs no 256 MB). The packed
+the unpacked weights are made per call, a chunk of output blocks at a time (at most
+``CHUNK_WEIGHTS`` weights, 4 bytes each: a 32000-row lm_head needs no 128 MB). The packed
 layout (AVX-512 builds: per block of 64 outputs, for each input ``k`` 32 bytes whose low nibble
 is output ``j`` and high nibble output ``j + 32``) is internal to torch, so ``layout_supported``
 checks it against torch's own packing once per process and the path is off if it ever differs.
+
+Unpacking in eager torch takes six passes over the chunk (mask, shift, scale, two roundings, a
+subtraction); ``compiled_unpack`` is the same function fused by inductor into one pass that reads
+the codes and writes the two halves, ~4x faster (2M weights: ~1 vs ~3.7 ms), which moves the
+crossover down to ``COMPILED_AMX_ROWS`` (gptq_linear.compile_unpacking sets it up at load).
 """
 
 from __future__ import annotations
 
 import functools
-import threading
+from collections.abc import Callable
 
 import torch
 
 BLOCK_N = 64  # outputs per block of the AVX-512 int4 packing
-CHUNK_WEIGHTS = 1 << 21  # weights unpacked at a time: 2 MB of codes, 16 MB of floats
-AMX_ROWS = 192  # rows from which unpacking wins on an AMX CPU (the table above)
+CHUNK_WEIGHTS = 1 << 21  # weights unpacked at a time: 1 MB of codes, 8 MB of bf16 halves
+AMX_ROWS = 192  # rows from which eager unpacking wins on an AMX CPU (the table above)
+COMPILED_AMX_ROWS = 192  # the same with compiled_unpack (measured: see gptq_linear)
 KERNEL_DTYPE = torch.bfloat16
 
-_scratch = threading.local()
+Unpack = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def table_rows() -> int | None:
+def table_rows(compiled: bool = False) -> int | None:
     """The rows per call from which ``dequantized_mm`` beats the int4 kernel on this CPU (None:
-    never): AMX_ROWS where oneDNN runs bf16 on AMX tiles."""
-    return AMX_ROWS if torch.cpu._is_amx_tile_supported() else None
+    never): where oneDNN runs bf16 on AMX tiles, AMX_ROWS, or COMPILED_AMX_ROWS when the
+    unpacking is ``compiled_unpack``."""
+    if not torch.cpu._is_amx_tile_supported():
+        return None
+    return COMPILED_AMX_ROWS if compiled else AMX_ROWS
 
 
 @functools.cache
 def layout_supported() -> bool:
-    """Whether torch packs int4 weights here in the blocked layout ``unpack_codes`` reads."""
+    """Whether torch packs int4 weights here in the blocked layout ``unpack_halves`` reads."""
     n, k = 2 * BLOCK_N, 64
     generator = torch.Generator().manual_seed(0)
     codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=generator)
@@ -57,8 +66,9 @@ def layout_supported() -> bool:
         return False
     if packed.numel() != n * k // 2 or packed.dtype != torch.uint8:
         return False
-    unpacked = unpack_codes(packed, n, k, torch.empty(n * k, dtype=torch.uint8))
-    return torch.equal(unpacked.permute(0, 2, 1).reshape(n, k).int(), codes)
+    ones, zeros = torch.ones(1, 1, n), torch.zeros(1, 1, n)
+    halves = unpack_halves(packed.view(n // BLOCK_N, k, BLOCK_N // 2), ones, zeros)
+    return torch.equal(halves[:k].T.int(), codes)  # w = q exactly: hi is the codes, lo zero
 
 
 def can_dequantize(out_features: int, device: torch.device) -> bool:
@@ -70,63 +80,68 @@ def can_dequantize(out_features: int, device: torch.device) -> bool:
     )
 
 
-def unpack_codes(packed: torch.Tensor, n: int, k: int, out: torch.Tensor) -> torch.Tensor:
-    """The codes of ``n`` outputs (a multiple of 64) as uint8 [n/64, k, 64] in ``out``."""
-    blocks = packed.view(n // BLOCK_N, k, BLOCK_N // 2)
-    codes = out[: n * k].view(n // BLOCK_N, k, BLOCK_N)
-    torch.bitwise_and(blocks, 15, out=codes[..., : BLOCK_N // 2])
-    torch.bitwise_right_shift(blocks, 4, out=codes[..., BLOCK_N // 2 :])
-    return codes
+def unpack_halves(blocks: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``[hi; lo]``, bf16 [2k, size], of ``w^T = q * scale + shift`` for packed 64-output
+    blocks [size/64, k, 32]; scale and shift are fp32 [groups, 1, size].
+
+    One bf16 rounding of ``w`` would move a GEMM's outputs by ~2^-9 relative, enough to flip a
+    near-tie between two logits, so the same request could decode differently alone (int4
+    kernel, exact fp32 weights) and in a large batch (this path). So ``w`` is split into two
+    bf16 halves, ``w = hi + lo`` to ~2^-17, and ``[x, x] @ [hi; lo]`` gives the int4 kernel's
+    result up to summation order.
+    """
+    n_blocks, k, _ = blocks.shape
+    size = n_blocks * BLOCK_N
+    codes = torch.cat([blocks & 15, blocks >> 4], dim=2)  # [blocks, k, 64]: j, then j + 32
+    grouped = codes.permute(1, 0, 2).reshape(scale.shape[0], -1, size)  # [groups, group, size]
+    exact = torch.addcmul(shift, grouped, scale).view(k, size)
+    hi = exact.to(KERNEL_DTYPE)
+    return torch.cat([hi, (exact - hi.float()).to(KERNEL_DTYPE)])
 
 
-def _buffers(weights: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """This thread's scratch (uint8 codes, fp32 weights, bf16 high and low halves), grown to
-    ``weights`` weights."""
-    codes: torch.Tensor | None = getattr(_scratch, "codes", None)
-    if codes is None or codes.numel() < weights:
-        _scratch.codes = torch.empty(weights, dtype=torch.uint8)
-        _scratch.exact = torch.empty(weights, dtype=torch.float32)
-        _scratch.halves = torch.empty(2 * weights, dtype=KERNEL_DTYPE)
-    return _scratch.codes, _scratch.exact, _scratch.halves
+@functools.cache
+def compiled_unpack() -> Unpack:
+    """``unpack_halves`` fused into one pass by inductor (compiled per chunk shape on first
+    call, cached on disk across processes). Inductor may otherwise drop the round trip
+    ``exact -> bf16 -> fp32`` as a no-op, which would make ``lo`` zero: the casts are kept."""
+    compiled: Unpack = torch.compile(
+        unpack_halves, dynamic=False, options={"emulate_precision_casts": True}
+    )
+    return compiled
+
+
+def chunk_blocks(blocks: int, k: int) -> int:
+    """64-output blocks per unpacked chunk: the most that fit ``CHUNK_WEIGHTS`` and divide the
+    weight evenly, so every chunk of a weight has one shape (one compile)."""
+    limit = max(1, CHUNK_WEIGHTS // (k * BLOCK_N))
+    return max(d for d in range(1, min(limit, blocks) + 1) if blocks % d == 0)
 
 
 def dequantized_mm(
-    x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scales_and_zeros: torch.Tensor,
+    group: int,
+    unpack: Unpack = unpack_halves,
 ) -> torch.Tensor:
     """``x @ W^T`` in bf16 for the int4 kernel's (packed, scales_and_zeros, group): the same
-    ``(q - 8) * scale + zero`` weights, unpacked a chunk of 64-output blocks at a time.
-
-    The int4 kernel multiplies by the exact fp32 weights; one bf16 rounding of them would move
-    the outputs by ~2^-9 relative, enough to flip a near-tie between two logits, so the same
-    request could decode differently alone (int4 kernel) and in a large batch (this path). So
-    each weight is split into two bf16 halves, ``w = hi + lo`` to ~2^-17, and one GEMM over
-    ``[x, x] @ [hi; lo]`` (twice the depth, still far cheaper than the int4 kernel at these
-    rows on AMX) gives the int4 kernel's result up to summation order.
-    """
+    ``(q - 8) * scale + zero`` weights, unpacked a chunk of 64-output blocks at a time, each as
+    ``[hi; lo]`` (``unpack_halves``) for one GEMM ``[x, x] @ [hi; lo]``: twice the depth, still
+    far cheaper than the int4 kernel at these rows on AMX."""
     rows, k = x.shape
     n = scales_and_zeros.shape[1]
     blocks = n // BLOCK_N
-    per_chunk = max(1, CHUNK_WEIGHTS // (k * BLOCK_N))
-    codes_buffer, exact_buffer, halves_buffer = _buffers(min(blocks, per_chunk) * BLOCK_N * k)
+    per_chunk = chunk_blocks(blocks, k)
     # w^T = q * scale + (zero - 8 * scale), per [group, 1, output], in fp32 as the kernel has it
     scale = scales_and_zeros[..., 0].float().unsqueeze(1)
     shift = scales_and_zeros[..., 1].float().unsqueeze(1) - 8 * scale
     doubled = torch.cat([x, x], dim=1)
     y = torch.empty(rows, n, dtype=KERNEL_DTYPE)
-    packed_blocks = packed.view(blocks, k * BLOCK_N // 2)
+    packed_blocks = packed.view(blocks, k, BLOCK_N // 2)
     for start in range(0, blocks, per_chunk):
-        end = min(start + per_chunk, blocks)
-        size = (end - start) * BLOCK_N
-        codes = unpack_codes(packed_blocks[start:end], size, k, codes_buffer)
-        # [k, size]: one plain GEMM per chunk (a batched one per block would copy x per block)
-        exact = exact_buffer[: size * k].view(k, size)
-        exact.view(k, end - start, BLOCK_N).transpose(0, 1).copy_(codes)
-        grouped = exact.view(k // group, group, size)
-        columns = slice(start * BLOCK_N, end * BLOCK_N)
-        torch.addcmul(shift[..., columns], grouped, scale[..., columns], out=grouped)
-        halves = halves_buffer[: 2 * size * k].view(2 * k, size)
-        halves[:k].copy_(exact)
-        exact.sub_(halves[:k])
-        halves[k:].copy_(exact)
+        columns = slice(start * BLOCK_N, (start + per_chunk) * BLOCK_N)
+        chunk = packed_blocks[start : start + per_chunk]
+        # contiguous: a compiled unpack then sees one layout (one compile) per chunk shape
+        halves = unpack(chunk, scale[..., columns].contiguous(), shift[..., columns].contiguous())
         y[:, columns] = torch.mm(doubled, halves)
     return y

@@ -14,6 +14,7 @@ from services.common.device import resolve_device
 from services.decoder.config import DecoderConfig
 from services.decoder.constraints import ConstraintCompiler
 from services.decoder.engine import Engine, EngineLimits
+from services.decoder.gptq_linear import compile_unpacking
 from services.decoder.kv_cache import KVCache
 from services.decoder.model import Glm4ForCausalLM
 from services.decoder.onednn import prepack_linears
@@ -98,6 +99,8 @@ def load_decoder(config: DecoderConfig) -> LoadedDecoder:
     label = apply_quantization(model, config.quantization, bundle, device)
     if config.cpu_prepack and device.type == "cpu":
         log.info("%d Linear layers repacked for oneDNN", prepack_linears(model))
+    if config.cpu_compile and device.type == "cpu":
+        log.info("%d GPTQ layers unpack with a compiled kernel", compile_unpacking(model))
     model_config = model.config
     max_model_len = config.max_model_len or min(
         int(model_config.max_position_embeddings), config.max_total_tokens

@@ -1,5 +1,6 @@
 """The engine on GPTQ layers whose calls take both CPU paths (the int4 kernel at few rows, the
-unpacked bf16 GEMM from ``dequant_rows`` on): batching still does not change greedy output."""
+unpacked bf16 GEMM from ``dequant_rows`` on, its unpacking eager or compiled): batching still
+does not change greedy output."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 import torch
 
 from quantize.rtn import rtn_quantize
-from services.decoder.gptq_linear import GPTQLinear
-from services.decoder.int4_dequant import can_dequantize
+from services.decoder.config import DecoderConfig
+from services.decoder.gptq_linear import GPTQLinear, compile_unpacking
+from services.decoder.int4_dequant import can_dequantize, compiled_unpack, table_rows
+from services.decoder.loader import load_decoder
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
 from services.decoder.quant import decoder_linears
 from tests.decoder.engines import make_engine, request, run_all, tokens
@@ -32,12 +35,15 @@ def gptq_model(checkpoint: Path, dequant_rows: int | None) -> ServingGlm4:
 
 
 @pytest.mark.skipif(not can_dequantize(64, torch.device("cpu")), reason="no blocked int4 layout")
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager-unpack", "compiled-unpack"])
 def test_greedy_alone_equals_greedy_in_a_batch_of_16_across_both_paths(
-    tiny_checkpoint: Path,
+    tiny_checkpoint: Path, compiled: bool
 ) -> None:
     model = gptq_model(tiny_checkpoint, dequant_rows=8)
     unpacked = [m for m in model.modules() if isinstance(m, GPTQLinear) and m.dequant_rows]
     assert len(unpacked) >= 3 * model.config.num_hidden_layers + 1  # q, o, gate_up, down, lm_head
+    if compiled:
+        assert compile_unpacking(model) == len(unpacked)
     requests = [request(f"r{i}", 3 + 7 * i, max_tokens=12, seed=i) for i in range(16)]
     batched = make_engine(model, chunk=48)  # prefill chunks and 16-row decode: unpacked path
     for r in requests:
@@ -47,3 +53,17 @@ def test_greedy_alone_equals_greedy_in_a_batch_of_16_across_both_paths(
         alone = make_engine(model)
         alone.add(r)
         assert tokens(run_all(alone)[r.request_id]) == tokens(together[r.request_id]), r.request_id
+
+
+@pytest.mark.stack  # the GPTQ-quantized default bundle
+@pytest.mark.skipif(table_rows() is None, reason="no AMX: the int4 kernel serves every call")
+@pytest.mark.parametrize("cpu_compile", [True, False])
+def test_the_cpu_service_compiles_the_unpacking_unless_told_not_to(
+    quantized_bundle_dir: Path, cpu_compile: bool
+) -> None:
+    config = DecoderConfig(bundle=quantized_bundle_dir, device="cpu", cpu_compile=cpu_compile)
+    model = load_decoder(config).engine.model
+    unpacking = [m for m in model.modules() if isinstance(m, GPTQLinear) and m.dequant_rows]
+    assert unpacking
+    assert all((m.unpack is compiled_unpack()) == cpu_compile for m in unpacking)
+    assert {m.dequant_rows for m in unpacking} == {table_rows(compiled=cpu_compile)}
