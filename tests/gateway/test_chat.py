@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -71,6 +72,30 @@ def test_renders_on_concurrent_threads_equal_the_render_alone(prompter: ChatProm
             range(200),
         )
         assert all(prompt == alone for prompt in renders)
+
+
+def test_a_piece_seen_before_is_not_tokenized_again(bundle: Bundle) -> None:
+    """An agent's system prompt repeats in every request: its ids come from the cache, the
+    same as tokenizing it afresh; a new user text is still tokenized."""
+    cached, fresh = (ChatPrompter.from_pretrained(bundle.decoder) for _ in range(2))
+    encoded: list[str] = []
+    encode = cached._literal_texts.encode
+    cached._literal_texts = SimpleNamespace(  # type: ignore[assignment]
+        encode=lambda text, **kw: encoded.append(text) or encode(text, **kw)
+    )
+    system = {"role": "system", "content": "You are a phone agent. " * 200}
+
+    def render(prompter: ChatPrompter, task: str) -> list[int]:
+        request = ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [system, {"role": "user", "content": task}]}
+        )
+        return prompter.render(request.messages, [], enable_thinking=False).input_ids
+
+    assert render(cached, "open the map") == render(fresh, "open the map")
+    assert render(cached, "open the map") == render(fresh, "open the map")
+    assert sorted(encoded) == sorted([system["content"], "open the map"])  # once each
+    assert render(cached, "call Li Wei") == render(fresh, "call Li Wei")
+    assert encoded[2:] == ["call Li Wei"]
 
 
 def test_thinking_switch_chooses_the_generation_prompt(prompter: ChatPrompter) -> None:
