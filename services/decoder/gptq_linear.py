@@ -32,8 +32,10 @@ from services.decoder.int4_dequant import (
     can_dequantize,
     compiled_unpack,
     dequantized_mm,
+    gemm_shape,
     table_rows,
     unpack_halves,
+    warm_up_gemms,
 )
 
 log = logging.getLogger(__name__)
@@ -178,6 +180,17 @@ def compile_unpacking(model: nn.Module) -> int:
         if layer.rows_from_table:
             layer.dequant_rows = table_rows(compiled=True)
     return len(layers)
+
+
+def warm_up_unpacking(model: nn.Module, max_rows: int) -> None:
+    """Build oneDNN's GEMMs for every padded row count the unpacking layers can see, from
+    their crossover up to ``max_rows`` (a step's most rows), now rather than in a step."""
+    layers = [m for m in model.modules() if isinstance(m, GPTQLinear) and m.dequant_rows]
+    if not layers:
+        return
+    shapes = [gemm_shape(m.out_features, m.in_features) for m in layers]
+    lowest = min(m.dequant_rows or max_rows for m in layers)
+    warm_up_gemms(shapes, range(lowest, max_rows + 1))
 
 
 def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -36,7 +36,7 @@ at 2 threads on a quiet host, int4 / compiled / eager unpacking, ms: 32 rows
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -45,6 +45,11 @@ CHUNK_WEIGHTS = 1 << 21  # weights unpacked at a time: 1 MB of codes, 8 MB of bf
 AMX_ROWS = 192  # rows from which eager unpacking wins on an AMX CPU (the table above)
 COMPILED_AMX_ROWS = 64  # the same with compiled_unpack (the table above)
 KERNEL_DTYPE = torch.bfloat16
+# oneDNN builds (JIT-compiles) a GEMM kernel for every new row count, ~25 ms per weight shape:
+# a step whose row count it had not seen took ~100 ms longer on the bench decoder (one layer's
+# four calls at 70 rows: 120 ms the first time, 21 ms after), and served steps' rows vary. So
+# rows are padded to a multiple of ROW_BUCKET and warm_up_gemms builds every bucket at load.
+ROW_BUCKET = 16
 
 Unpack = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -124,6 +129,25 @@ def chunk_blocks(blocks: int, k: int) -> int:
     return max(d for d in range(1, min(limit, blocks) + 1) if blocks % d == 0)
 
 
+def padded_rows(rows: int) -> int:
+    return -(-rows // ROW_BUCKET) * ROW_BUCKET
+
+
+def gemm_shape(n: int, k: int) -> tuple[int, int]:
+    """(depth, width) of the GEMMs ``dequantized_mm`` runs for an [n, k] weight: ``[hi; lo]``
+    is twice as deep as the weight and one chunk wide."""
+    return 2 * k, chunk_blocks(n // BLOCK_N, k) * BLOCK_N
+
+
+def warm_up_gemms(shapes: Iterable[tuple[int, int]], rows: Iterable[int]) -> None:
+    """Have oneDNN build its GEMM for each (depth, width) shape at each padded row count."""
+    counts = sorted({padded_rows(r) for r in rows})
+    for depth, width in set(shapes):
+        halves = torch.zeros(depth, width, dtype=KERNEL_DTYPE)
+        for count in counts:
+            torch.mm(torch.zeros(count, depth, dtype=KERNEL_DTYPE), halves)
+
+
 def dequantized_mm(
     x: torch.Tensor,
     packed: torch.Tensor,
@@ -142,8 +166,10 @@ def dequantized_mm(
     # w^T = q * scale + (zero - 8 * scale), per [group, 1, output], in fp32 as the kernel has it
     scale = scales_and_zeros[..., 0].float().unsqueeze(1)
     shift = scales_and_zeros[..., 1].float().unsqueeze(1) - 8 * scale
-    doubled = torch.cat([x, x], dim=1)
-    y = torch.empty(rows, n, dtype=KERNEL_DTYPE)
+    doubled = x.new_zeros(padded_rows(rows), 2 * k)  # [x, x], padded: see ROW_BUCKET
+    doubled[:rows, :k] = x
+    doubled[:rows, k:] = x
+    y = torch.empty(doubled.shape[0], n, dtype=KERNEL_DTYPE)
     packed_blocks = packed.view(blocks, k, BLOCK_N // 2)
     for start in range(0, blocks, per_chunk):
         columns = slice(start * BLOCK_N, (start + per_chunk) * BLOCK_N)
@@ -151,4 +177,4 @@ def dequantized_mm(
         # contiguous: a compiled unpack then sees one layout (one compile) per chunk shape
         halves = unpack(chunk, scale[..., columns].contiguous(), shift[..., columns].contiguous())
         y[:, columns] = torch.mm(doubled, halves)
-    return y
+    return y[:rows]

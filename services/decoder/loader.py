@@ -14,7 +14,7 @@ from services.common.device import resolve_device
 from services.decoder.config import DecoderConfig
 from services.decoder.constraints import ConstraintCompiler
 from services.decoder.engine import Engine, EngineLimits
-from services.decoder.gptq_linear import compile_unpacking
+from services.decoder.gptq_linear import compile_unpacking, warm_up_unpacking
 from services.decoder.kv_cache import KVCache
 from services.decoder.model import Glm4ForCausalLM
 from services.decoder.onednn import prepack_linears
@@ -97,10 +97,12 @@ def load_decoder(config: DecoderConfig) -> LoadedDecoder:
     dtype = resolve_dtype(config.dtype, device, config.quantization)
     model = Glm4ForCausalLM.from_pretrained(bundle.decoder, dtype, device)
     label = apply_quantization(model, config.quantization, bundle, device)
-    if config.cpu_prepack and device.type == "cpu":
-        log.info("%d Linear layers repacked for oneDNN", prepack_linears(model))
-    if config.cpu_compile and device.type == "cpu":
-        log.info("%d GPTQ layers unpack with a compiled kernel", compile_unpacking(model))
+    if device.type == "cpu":
+        if config.cpu_prepack:
+            log.info("%d Linear layers repacked for oneDNN", prepack_linears(model))
+        if config.cpu_compile:
+            log.info("%d GPTQ layers unpack with a compiled kernel", compile_unpacking(model))
+        warm_up_unpacking(model, config.prefill_chunk_tokens + config.max_running_requests)
     model_config = model.config
     max_model_len = config.max_model_len or min(
         int(model_config.max_position_embeddings), config.max_total_tokens

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from services.decoder import gptq_linear, int4_dequant
-from services.decoder.gptq_linear import compile_unpacking
+from services.decoder.gptq_linear import compile_unpacking, warm_up_unpacking
 from services.decoder.int4_dequant import (
     BLOCK_N,
     can_dequantize,
@@ -100,3 +100,26 @@ def test_where_it_cannot_compile_the_unpacking_stays_eager(
     assert "No working C++ compiler" in caplog.text
     assert all(m.unpack is unpack_halves for m in model)
     assert [m.dequant_rows for m in model] == [int4_dequant.AMX_ROWS, 17, None]
+
+
+def test_every_gemm_a_step_runs_was_built_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN JIT-builds a GEMM per new shape (~25 ms each): rows are padded to buckets, and
+    warm_up_unpacking builds every (rows, depth, width) a call up to a step's most rows runs."""
+    model = layers(monkeypatch)
+    shapes: list[tuple[int, int, int]] = []
+    mm = torch.mm
+
+    def recording_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        shapes.append((a.shape[0], *b.shape))
+        return mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", recording_mm)
+    warm_up_unpacking(model, max_rows=100)
+    built = set(shapes)
+    assert {rows for rows, _, _ in built} == {32, 48, 64, 80, 96, 112}  # 17 to 100, padded
+    shapes.clear()
+    for module in model[:2]:
+        for rows in (17, 40, 99, 100):
+            module(torch.randn(rows, module.in_features))
+    ran = {shape for shape in shapes if shape[0] >= 17}
+    assert ran and ran <= built
