@@ -27,7 +27,7 @@ ROOTS = ("autoglm-serve", "openai")
 # In the GPU image already, built for its CUDA: never replaced.
 IMAGE_PROVIDES = {"torch", "numpy", "scipy", "pillow", "triton", "sympy", "networkx", "mpmath"}
 # pip matches manylinux tags exactly: name every glibc a wheel here is built for.
-PLATFORMS = ["manylinux2014_x86_64", *(f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 34))]
+PLATFORMS = ["manylinux2014_x86_64", *(f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34))]
 # bitsandbytes picks its library by the CUDA torch was built with (13.0 on the image).
 BNB_KEEP = re.compile(r"libbitsandbytes_(cpu|cuda13\d)\.so$")
 
