@@ -13,8 +13,9 @@ multiple of 16, groups they do not support) dequantizes on every call.
 
 On the CPU the int4 kernel only wins at few rows per call: from ``dequant_rows`` rows on (given,
 or by default this CPU's row from ``int4_dequant.table_rows``: prefill chunks on an AMX CPU) a
-call unpacks the same packed codes to bf16 in a scratch buffer and runs oneDNN's bf16 GEMM
-instead.
+call unpacks the same packed codes to bf16, a chunk at a time, and runs oneDNN's bf16 GEMM
+instead (int4_dequant). ``compile_unpacking`` and ``warm_up_unpacking`` prepare that path at
+load: the unpacking compiled into one loop, oneDNN's GEMMs built for every row count.
 """
 
 from __future__ import annotations

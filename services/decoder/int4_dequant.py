@@ -48,8 +48,10 @@ KERNEL_DTYPE = torch.bfloat16
 # oneDNN builds (JIT-compiles) a GEMM kernel for every new row count, ~25 ms per weight shape:
 # a step whose row count it had not seen took ~100 ms longer on the bench decoder (one layer's
 # four calls at 70 rows: 120 ms the first time, 21 ms after), and served steps' rows vary. So
-# rows are padded to a multiple of ROW_BUCKET and warm_up_gemms builds every bucket at load.
-ROW_BUCKET = 16
+# rows are padded to a multiple of ROW_BUCKET (of LARGE_ROW_BUCKET beyond LARGE_ROWS: a large
+# --prefill-chunk-tokens keeps the buckets, and the start-up that builds them, bounded) and
+# warm_up_gemms builds every bucket at load.
+ROW_BUCKET, LARGE_ROWS, LARGE_ROW_BUCKET = 16, 512, 64
 
 Unpack = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -130,7 +132,8 @@ def chunk_blocks(blocks: int, k: int) -> int:
 
 
 def padded_rows(rows: int) -> int:
-    return -(-rows // ROW_BUCKET) * ROW_BUCKET
+    bucket = ROW_BUCKET if rows <= LARGE_ROWS else LARGE_ROW_BUCKET
+    return -(-rows // bucket) * bucket
 
 
 def gemm_shape(n: int, k: int) -> tuple[int, int]:

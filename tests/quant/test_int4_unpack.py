@@ -18,6 +18,7 @@ from services.decoder.int4_dequant import (
     can_dequantize,
     chunk_blocks,
     compiled_unpack,
+    padded_rows,
     unpack_halves,
 )
 from tests.quant.test_gptq_kernels import assert_bf16_close, layer, quantized, reference
@@ -100,6 +101,11 @@ def test_where_it_cannot_compile_the_unpacking_stays_eager(
     assert "No working C++ compiler" in caplog.text
     assert all(m.unpack is unpack_halves for m in model)
     assert [m.dequant_rows for m in model] == [int4_dequant.AMX_ROWS, 17, None]
+
+
+def test_rows_are_padded_to_buckets_coarser_beyond_512() -> None:
+    assert [padded_rows(r) for r in (1, 16, 17, 100, 512)] == [16, 16, 32, 112, 512]
+    assert [padded_rows(r) for r in (513, 576, 577, 8192)] == [576, 576, 640, 8192]
 
 
 def test_every_gemm_a_step_runs_was_built_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
