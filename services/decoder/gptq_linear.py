@@ -155,19 +155,25 @@ class GPTQLinear(nn.Module):
         )
 
 
+def unpacking_layers(model: nn.Module) -> list[GPTQLinear]:
+    """The model's GPTQLinears that unpack from some row count (``dequant_rows``)."""
+    return [m for m in model.modules() if isinstance(m, GPTQLinear) and m.dequant_rows]
+
+
 def compile_unpacking(model: nn.Module) -> int:
-    """Switch every GPTQLinear that unpacks (``dequant_rows``) to ``compiled_unpack`` and, where
-    its crossover came from the table, to the compiled one; returns how many. Each chunk shape
-    is compiled here, at load, by one call per layer at its crossover, not by a first long
-    prompt. Where inductor cannot compile (no C++ compiler, say) the eager unpacking stays and
-    0 is returned."""
-    layers = [m for m in model.modules() if isinstance(m, GPTQLinear) and m.dequant_rows]
+    """Switch every unpacking layer to ``compiled_unpack`` and, where its crossover came from
+    the table, to the compiled one; returns how many. Each weight shape is compiled here, at
+    load, by one call at its crossover, not by a first long prompt. Where inductor cannot
+    compile (no C++ compiler, say) the eager unpacking stays and 0 is returned."""
+    layers = unpacking_layers(model)
     if not layers:
         return 0
     unpack = compiled_unpack()
+    # one layer per weight shape: the compile is per shape, the weights do not matter to it
+    shapes = {(m.out_features, m.in_features, m.group): m for m in layers}
     try:
         with torch.inference_mode():
-            for layer in layers:
+            for layer in shapes.values():
                 rows = table_rows(compiled=True) if layer.rows_from_table else layer.dequant_rows
                 assert rows is not None  # the layer unpacks, so this CPU has a crossover
                 x = torch.zeros(rows, layer.in_features, dtype=KERNEL_DTYPE)
@@ -186,7 +192,7 @@ def compile_unpacking(model: nn.Module) -> int:
 def warm_up_unpacking(model: nn.Module, max_rows: int) -> None:
     """Build oneDNN's GEMMs for every padded row count the unpacking layers can see, from
     their crossover up to ``max_rows`` (a step's most rows), now rather than in a step."""
-    layers = [m for m in model.modules() if isinstance(m, GPTQLinear) and m.dequant_rows]
+    layers = unpacking_layers(model)
     if not layers:
         return
     shapes = [gemm_shape(m.out_features, m.in_features) for m in layers]

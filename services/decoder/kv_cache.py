@@ -17,6 +17,7 @@ written to and which slots each request attends over.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -156,15 +157,15 @@ class PrefillGroup:
         kv_slots = [s.kv_slots for s in spans]
         padded = nn.utils.rnn.pad_sequence(kv_slots, batch_first=True, padding_value=scratch)
         columns = torch.arange(padded.shape[1], device=device)
-        attend = columns <= _longs(last, device)[..., None]  # [spans, rows, longest]
+        attend = columns <= longs(last, device)[..., None]  # [spans, rows, longest]
         bias = torch.zeros(attend.shape, dtype=dtype, device=device)
         bias.masked_fill_(~attend, float("-inf"))
         expanded = bias[:, None, :, None].expand(-1, -1, -1, query_group, -1)
         return cls(
             rows=rows,
-            query_rows=_longs(query_rows, device),
-            kept=_longs(kept, device),
-            packed_rows=_longs([query_rows[k] for k in kept], device),
+            query_rows=longs(query_rows, device),
+            kept=longs(kept, device),
+            packed_rows=longs([query_rows[k] for k in kept], device),
             kv_slots=padded,
             bias=expanded.reshape(len(spans), 1, rows * query_group, -1),
         )
@@ -201,5 +202,6 @@ class ForwardBatch:
         return dataclasses.replace(self, decode_mask=mask, prefill_groups=groups)
 
 
-def _longs(values: list[int] | list[list[int]], device: torch.device) -> torch.Tensor:
+def longs(values: Sequence[int] | Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    """Token ids, positions, rows or slots as a long tensor on ``device``."""
     return torch.tensor(values, dtype=torch.long, device=device)

@@ -16,7 +16,7 @@ import torch
 from services.common.errors import InvalidInput
 from services.decoder.constraints import GrammarState
 from services.decoder.cuda_graphs import DecodeGraphs
-from services.decoder.kv_cache import KVCache
+from services.decoder.kv_cache import KVCache, longs
 from services.decoder.model import Glm4ForCausalLM
 from services.decoder.packing import DevicePrompt, Segment, pack, splice
 from services.decoder.sampling import Sampler
@@ -88,7 +88,7 @@ class ModelRunner:
             if not sampled:
                 return [], []
             # a decode-only step samples every row, in order: no gather
-            rows = hidden if len(index) == hidden.shape[0] else hidden[self._longs(index)]
+            rows = hidden if len(index) == hidden.shape[0] else hidden[longs(index, self.device)]
             logits = self.model.logits(rows)
         grammars = [cast(GrammarState | None, s.grammar) for s in sampled]
         return self.sampler.sample(logits, [s.row for s in sampled], grammars)
@@ -103,8 +103,8 @@ class ModelRunner:
         )
         rows = request.positions.rows if request.positions else (range(seq.prompt_len),)
         # [axes, prompt]: 1-D positions (text only) fill every axis of an mRoPE model alike
-        positions = self._longs(rows).expand(self.position_axes, -1)
-        seq.inputs = DevicePrompt(self._longs(request.input_ids), positions, segments)
+        positions = longs(rows, self.device).expand(self.position_axes, -1)
+        seq.inputs = DevicePrompt(longs(request.input_ids, self.device), positions, segments)
 
     def _map(self, seq: Sequence, first: int) -> None:
         """Point the request's slot-table row at the slots of its blocks from ``first`` on."""
@@ -112,6 +112,3 @@ class ModelRunner:
         lo = first * size
         end = min(len(seq.blocks) * size, self.max_model_len)
         self.slot_table[seq.row, lo:end] = self.cache.slots(seq.blocks[first:], end - lo)
-
-    def _longs(self, values: object) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=self.device)

@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from services.decoder.kv_cache import ForwardBatch, PrefillSpan
+from services.decoder.kv_cache import ForwardBatch, PrefillSpan, longs
 from services.decoder.scheduler import Plan
 from services.decoder.sequence import Sequence
 
@@ -50,9 +50,9 @@ def chunk(seq: Sequence, n: int, device: torch.device) -> tuple[torch.Tensor, to
     ids, positions = [prompt.ids[lo:hi]], [prompt.positions[:, lo:hi]]
     if hi > seq.prompt_len:
         a, b = max(lo, seq.prompt_len) - seq.prompt_len, hi - seq.prompt_len
-        ids.append(_longs(seq.output[a:b], device))
+        ids.append(longs(seq.output[a:b], device))
         after = range(seq.position_after_prompt(a), seq.position_after_prompt(b))
-        positions.append(_longs(list(after), device).expand(prompt.positions.shape[0], -1))
+        positions.append(longs(list(after), device).expand(prompt.positions.shape[0], -1))
     return _join(ids), _join(positions, dim=1)
 
 
@@ -77,15 +77,15 @@ def pack(
     decode_kv_slots = decode_mask = None
     uniform = False
     if plan.decodes:
-        rows = _longs([s.row for s in plan.decodes], device)
-        lengths = _longs([s.cached + 1 for s in plan.decodes], device)
+        rows = longs([s.row for s in plan.decodes], device)
+        lengths = longs([s.cached + 1 for s in plan.decodes], device)
         longest = max(s.cached + 1 for s in plan.decodes)
         uniform = all(s.cached + 1 == longest for s in plan.decodes)
         decode_kv_slots = slot_table[rows, :longest]
         attend = torch.arange(longest, device=device) < lengths[:, None]
         decode_mask = attend[:, None, None, :]
-        ids.append(_longs([s.output[-1] for s in plan.decodes], device))
-        next_positions = _longs([s.next_position for s in plan.decodes], device)
+        ids.append(longs([s.output[-1] for s in plan.decodes], device))
+        next_positions = longs([s.next_position for s in plan.decodes], device)
         positions.append(next_positions.expand(axes, -1))
         writes.append(decode_kv_slots.gather(1, (lengths - 1)[:, None])[:, 0])
     batch = ForwardBatch(_join(writes), tuple(spans), start, decode_kv_slots, decode_mask, uniform)
@@ -110,7 +110,3 @@ def splice(plan: Plan, embeds: torch.Tensor) -> torch.Tensor:
 def _join(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
     """torch.cat, without its copy when there is one part (every decode-only step)."""
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
-
-
-def _longs(values: list[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.long, device=device)

@@ -11,7 +11,7 @@ import torch
 
 from quantize.rtn import rtn_quantize
 from services.decoder.config import DecoderConfig
-from services.decoder.gptq_linear import GPTQLinear, compile_unpacking
+from services.decoder.gptq_linear import GPTQLinear, compile_unpacking, unpacking_layers
 from services.decoder.int4_dequant import can_dequantize, compiled_unpack, table_rows
 from services.decoder.loader import load_decoder
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
@@ -40,7 +40,7 @@ def test_greedy_alone_equals_greedy_in_a_batch_of_16_across_both_paths(
     tiny_checkpoint: Path, compiled: bool
 ) -> None:
     model = gptq_model(tiny_checkpoint, dequant_rows=8)
-    unpacked = [m for m in model.modules() if isinstance(m, GPTQLinear) and m.dequant_rows]
+    unpacked = unpacking_layers(model)
     assert len(unpacked) >= 3 * model.config.num_hidden_layers + 1  # q, o, gate_up, down, lm_head
     if compiled:
         assert compile_unpacking(model) == len(unpacked)
@@ -63,7 +63,7 @@ def test_the_cpu_service_compiles_the_unpacking_unless_told_not_to(
 ) -> None:
     config = DecoderConfig(bundle=quantized_bundle_dir, device="cpu", cpu_compile=cpu_compile)
     model = load_decoder(config).engine.model
-    unpacking = [m for m in model.modules() if isinstance(m, GPTQLinear) and m.dequant_rows]
+    unpacking = unpacking_layers(model)
     assert unpacking
     assert all((m.unpack is compiled_unpack()) == cpu_compile for m in unpacking)
     assert {m.dequant_rows for m in unpacking} == {table_rows(compiled=cpu_compile)}
