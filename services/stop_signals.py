@@ -21,8 +21,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopSignals:
-    """While entered (main thread only), SIGINT/SIGTERM set ``received`` and end ``wait``. On
-    exit the previous handlers come back, unless a stop arrived: then both stay ignored."""
+    """While entered (main thread only), the first SIGINT/SIGTERM sets ``received`` and ends
+    ``wait``; later ones are copies of the same stop request. On exit the previous handlers come
+    back, unless a stop arrived: then both stay ignored."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -33,8 +34,11 @@ class StopSignals:
         self._previous_wakeup_fd = -1
 
     def _record(self, signum: int, _frame: FrameType | None) -> None:
-        # Nothing else: no lock, no I/O, no allocation that could wait on another thread.
-        self.received = signum
+        # Nothing else: no lock, no I/O, no allocation that could wait on another thread. The
+        # first signal is the one the stop is made of (it is what the children are sent); a
+        # copy may land after the stop is over, so keeping the last would be a race.
+        if self.received is None:
+            self.received = signum
 
     def __enter__(self) -> StopSignals:
         self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)

@@ -239,7 +239,8 @@ def test_up_stops_on_signals_in_quick_succession(
     send(launcher, burst)
 
     assert_everything_stopped(launcher, children)
-    assert f"stopped on {burst[-1].name}" in launcher.log
+    # The stop is the first signal's, whenever the copies land (one may come after the stop).
+    assert f"stopped on {burst[0].name}" in launcher.log
 
 
 @pytest.mark.stack

@@ -47,7 +47,7 @@ def test_the_handler_calls_nothing() -> None:
                 handler(sig, None)
             finally:
                 sys.setprofile(None)
-            assert signals.received == sig
+            assert signals.received == STOP_SIGNALS[0]  # the first one stays
     # The handler's own frame, then nothing: no lock, no I/O, no other function (the one
     # C call seen is the profiler being switched off).
     assert calls == ["_record", "setprofile"] * 2
@@ -66,13 +66,13 @@ def test_a_signal_ends_the_wait_at_once() -> None:
         assert signals.wait(30)
 
 
-def test_many_signals_are_one_stop_request_and_the_last_is_kept() -> None:
+def test_many_signals_are_one_stop_request_and_the_first_is_kept() -> None:
     with StopSignals() as signals:
         for _ in range(200):
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGTERM)
         assert signals.wait(5)
-        assert signals.received == signal.SIGTERM
+        assert signals.received == signal.SIGINT
 
 
 def test_the_previous_handlers_come_back_when_no_stop_arrived() -> None:
