@@ -15,6 +15,13 @@ ENV PYTHONUNBUFFERED=1 \
     AUTOGLM_HOST=0.0.0.0 \
     AUTOGLM_BUNDLE=/models/default
 
+# A C++ compiler: on a CPU with AMX the decoder builds its fused int4 GEMM at start-up
+# (services/decoder/int4_amx.py); without one it falls back to a slower path. Debian's g++ of
+# the base image's release, whatever its patch level.
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
 WORKDIR /app

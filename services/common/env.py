@@ -53,7 +53,7 @@ VARIABLES: dict[str, str] = {
     "AUTOGLM_DECODER_KV_BLOCK_SIZE": "tokens per KV cache block",
     "AUTOGLM_DECODER_CPU_PREPACK": "on the CPU, reorder FP Linear weights for oneDNN (true/false)",
     "AUTOGLM_DECODER_ENABLE_PREFIX_CACHING": "reuse the KV of prompt prefixes seen before",
-    "AUTOGLM_DECODER_CPU_COMPILE": "on AMX, unpack 4-bit weights for prefill compiled (true/false)",
+    "AUTOGLM_DECODER_CPU_COMPILE": "on AMX, build the fused int4 GEMM at start-up (true/false)",
     "AUTOGLM_DECODER_CUDA_GRAPHS": "on CUDA, decode steps as CUDA graphs per batch bucket",
     # Gateway.
     "AUTOGLM_GATEWAY_PORT": "gateway HTTP port (8000)",

@@ -39,10 +39,10 @@ class DecoderConfig(ServiceConfig):
     )
     cpu_compile: bool = setting(
         True,
-        "on an AMX CPU, unpack 4-bit weights for prefill-sized batches with one kernel fused by "
-        "torch.compile (~10x cheaper unpacking, from 64 rows instead of 192; needs a C++ "
-        "compiler: compiled at start-up, ~30 s the first time, then cached on disk; without one "
-        "the eager unpacking stays)",
+        "on an AMX CPU, run 4-bit GPTQ layers' calls of 24 rows or more (prefill, large "
+        "batches) on a fused int4 GEMM built from C++ at start-up (~15 s the first time, then "
+        "cached on disk; 1.5-2.7x the int4 kernel at 32-272 rows); without it, or without a "
+        "C++ compiler, they unpack the weights to bf16 from 192 rows",
     )
     cuda_graphs: bool = setting(
         False,

@@ -14,8 +14,10 @@ multiple of 16, groups they do not support) dequantizes on every call.
 On the CPU the int4 kernel only wins at few rows per call: from ``dequant_rows`` rows on (given,
 or by default this CPU's row from ``int4_dequant.table_rows``: prefill chunks on an AMX CPU) a
 call unpacks the same packed codes to bf16, a chunk at a time, and runs oneDNN's bf16 GEMM
-instead (int4_dequant). ``compile_unpacking`` and ``warm_up_unpacking`` prepare that path at
-load: the unpacking compiled into one loop, oneDNN's GEMMs built for every row count.
+instead (int4_dequant). At load, ``use_fused_gemm`` moves those calls to the fused int4 GEMM
+(int4_amx: the same weights dequantized in cache, on AMX tiles, from ``int4_amx.FUSED_ROWS``
+rows) where it can be built, and ``warm_up_unpacking`` builds oneDNN's GEMMs for every row
+count where it cannot.
 """
 
 from __future__ import annotations
@@ -28,14 +30,12 @@ import torch
 from torch import nn
 
 from quantize.checkpoint import QuantizedWeight
+from services.decoder import int4_amx
 from services.decoder.int4_dequant import (
-    Unpack,
     can_dequantize,
-    compiled_unpack,
     dequantized_mm,
     gemm_shape,
     table_rows,
-    unpack_halves,
     warm_up_gemms,
 )
 
@@ -86,8 +86,8 @@ class GPTQLinear(nn.Module):
         layout = int4_layout(weight, device) if allow_kernel else None
         self.kernel = "dequantize" if layout is None else f"int4-{device.type}"
         self.dequant_rows: int | None = None
-        self.rows_from_table = dequant_rows == "table"  # compile_unpacking moves them
-        self.unpack: Unpack = unpack_halves
+        self.rows_from_table = dequant_rows == "table"  # use_fused_gemm moves them
+        self.fused = False  # whether those calls take int4_amx's kernel (use_fused_gemm)
         if layout is None:
             # Fallback: keep the codes as bytes, dequantize on every call.
             self.register_buffer("q", weight.q.to(device))
@@ -123,7 +123,11 @@ class GPTQLinear(nn.Module):
             x2 = _as(x2, KERNEL_DTYPE).contiguous()
             sz = self.scales_and_zeros  # in KERNEL_DTYPE whatever the module is cast to (_apply)
             if self.dequant_rows is not None and x2.shape[0] >= self.dequant_rows:
-                y = dequantized_mm(x2, self.packed, sz, self.group, self.unpack)
+                y = (
+                    int4_amx.hilo_mm(x2, self.packed, sz)
+                    if self.fused
+                    else dequantized_mm(x2, self.packed, sz, self.group)
+                )
             elif self.kernel == "int4-cuda":
                 y = torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group, sz)
             else:
@@ -151,7 +155,7 @@ class GPTQLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bits={self.bits}, kernel={self.kernel}, dequant_rows={self.dequant_rows}, "
-            f"unpack={'compiled' if self.unpack is not unpack_halves else 'eager'}"
+            f"fused={self.fused}"
         )
 
 
@@ -160,39 +164,26 @@ def unpacking_layers(model: nn.Module) -> list[GPTQLinear]:
     return [m for m in model.modules() if isinstance(m, GPTQLinear) and m.dequant_rows]
 
 
-def compile_unpacking(model: nn.Module) -> int:
-    """Switch every unpacking layer to ``compiled_unpack`` and, where its crossover came from
-    the table, to the compiled one; returns how many. Each weight shape is compiled here, at
-    load, by one call at its crossover, not by a first long prompt. Where inductor cannot
-    compile (no C++ compiler, say) the eager unpacking stays and 0 is returned."""
+def use_fused_gemm(model: nn.Module) -> int:
+    """Move every unpacking layer's calls to int4_amx's fused kernel (and, where its crossover
+    came from the table, to the fused kernel's); returns how many. Builds the kernel, and its
+    brgemm kernels for every depth, now; where it cannot be built, 0, and nothing changes."""
     layers = unpacking_layers(model)
-    if not layers:
-        return 0
-    unpack = compiled_unpack()
-    # one layer per weight shape: the compile is per shape, the weights do not matter to it
-    shapes = {(m.out_features, m.in_features, m.group): m for m in layers}
-    try:
-        with torch.inference_mode():
-            for layer in shapes.values():
-                rows = table_rows(compiled=True) if layer.rows_from_table else layer.dequant_rows
-                assert rows is not None  # the layer unpacks, so this CPU has a crossover
-                x = torch.zeros(rows, layer.in_features, dtype=KERNEL_DTYPE)
-                sz = layer.scales_and_zeros
-                dequantized_mm(x, layer.packed, sz, layer.group, unpack)
-    except Exception as error:  # inductor's failures have no common type; eager still works
-        log.warning("4-bit unpacking stays eager: torch.compile failed here (%s)", error)
+    if not layers or not int4_amx.available():
         return 0
     for layer in layers:
-        layer.unpack = unpack
+        layer.fused = True
         if layer.rows_from_table:
-            layer.dequant_rows = table_rows(compiled=True)
+            layer.dequant_rows = int4_amx.FUSED_ROWS
+    int4_amx.warm_up({layer.in_features for layer in layers})
     return len(layers)
 
 
 def warm_up_unpacking(model: nn.Module, max_rows: int) -> None:
-    """Build oneDNN's GEMMs for every padded row count the unpacking layers can see, from
-    their crossover up to ``max_rows`` (a step's most rows), now rather than in a step."""
-    layers = unpacking_layers(model)
+    """Build oneDNN's GEMMs for every padded row count the (not fused) unpacking layers can
+    see, from their crossover up to ``max_rows`` (a step's most rows), now rather than in a
+    step."""
+    layers = [m for m in unpacking_layers(model) if not m.fused]
     if not layers:
         return
     shapes = [gemm_shape(m.out_features, m.in_features) for m in layers]

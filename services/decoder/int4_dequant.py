@@ -23,27 +23,21 @@ layout (AVX-512 builds: per block of 64 outputs, for each input ``k`` 32 bytes w
 is output ``j`` and high nibble output ``j + 32``) is internal to torch, so ``layout_supported``
 checks it against torch's own packing once per process and the path is off if it ever differs.
 
-Unpacking in eager torch takes several passes over each chunk (nibbles, scale, two roundings, a
-subtraction, the joins); ``compiled_unpack`` is the same function fused by inductor into one
-loop that reads the codes and writes the two halves, which moves the crossover down to
-``COMPILED_AMX_ROWS`` (``gptq_linear.compile_unpacking`` switches the layers at load). The bench
-decoder's layer (gate_up 5632x1024, down 1024x2816, qkv 1280x1024, o 1024x1024), its four calls
-at 2 threads on a quiet host, int4 / compiled / eager unpacking, ms: 32 rows
-6.1 / 10.4 / 33.6, 64: 12.1 / 12.1 / 34.0, 96: 17.9 / 16.1 / 42.2, 128: 42.0 / 21.9 / 58.2,
-192: 62.9 / 24.7 / 61.8.
+Where the fused kernel of int4_amx builds (a C++ compiler, AMX), it takes these calls instead:
+it dequantizes the same way without writing the halves to memory. This path stays for the
+machines where it cannot be built.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 
 BLOCK_N = 64  # outputs per block of the AVX-512 int4 packing
 CHUNK_WEIGHTS = 1 << 21  # weights unpacked at a time: 1 MB of codes, 8 MB of bf16 halves
 AMX_ROWS = 192  # rows from which eager unpacking wins on an AMX CPU (the table above)
-COMPILED_AMX_ROWS = 64  # the same with compiled_unpack (the table above)
 KERNEL_DTYPE = torch.bfloat16
 # oneDNN builds (JIT-compiles) a GEMM kernel for every new row count, ~25 ms per weight shape:
 # a step whose row count it had not seen took ~100 ms longer on the bench decoder (one layer's
@@ -53,16 +47,11 @@ KERNEL_DTYPE = torch.bfloat16
 # warm_up_gemms builds every bucket at load.
 ROW_BUCKET, LARGE_ROWS, LARGE_ROW_BUCKET = 16, 512, 64
 
-Unpack = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-
-def table_rows(compiled: bool = False) -> int | None:
+def table_rows() -> int | None:
     """The rows per call from which ``dequantized_mm`` beats the int4 kernel on this CPU (None:
-    never): where oneDNN runs bf16 on AMX tiles, AMX_ROWS, or COMPILED_AMX_ROWS when the
-    unpacking is ``compiled_unpack``."""
-    if not torch.cpu._is_amx_tile_supported():
-        return None
-    return COMPILED_AMX_ROWS if compiled else AMX_ROWS
+    never): AMX_ROWS where oneDNN runs bf16 on AMX tiles."""
+    return AMX_ROWS if torch.cpu._is_amx_tile_supported() else None
 
 
 @functools.cache
@@ -103,8 +92,7 @@ def unpack_halves(blocks: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
     """
     n_blocks, k, _ = blocks.shape
     size = n_blocks * BLOCK_N
-    # [blocks, k, 2, 32]: outputs j, then j + 32; one broadcast shift (not a cat of the two
-    # nibbles), so inductor makes the whole function one loop (0.9 vs 1.4 ms for 1.4M weights)
+    # [blocks, k, 2, 32]: outputs j, then j + 32, by one broadcast shift
     nibbles = torch.tensor([0, 4], dtype=torch.uint8, device=blocks.device).view(1, 1, 2, 1)
     codes = (blocks.unsqueeze(2) >> nibbles) & 15
     grouped = codes.permute(1, 0, 2, 3).reshape(scale.shape[0], -1, size)  # [groups, group, size]
@@ -113,20 +101,10 @@ def unpack_halves(blocks: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
     return torch.cat([hi, (exact - hi.float()).to(KERNEL_DTYPE)])
 
 
-@functools.cache
-def compiled_unpack() -> Unpack:
-    """``unpack_halves`` fused into one pass by inductor (compiled per chunk shape on first
-    call, cached on disk across processes). Inductor may otherwise drop the round trip
-    ``exact -> bf16 -> fp32`` as a no-op, which would make ``lo`` zero: the casts are kept."""
-    compiled: Unpack = torch.compile(
-        unpack_halves, dynamic=False, options={"emulate_precision_casts": True}
-    )
-    return compiled
-
-
 def chunk_blocks(blocks: int, k: int) -> int:
     """64-output blocks per unpacked chunk: the most that fit ``CHUNK_WEIGHTS`` and divide the
-    weight evenly, so every chunk of a weight has one shape (one compile)."""
+    weight evenly, so every chunk of a weight has one GEMM shape (one oneDNN build per row
+    bucket, see ROW_BUCKET)."""
     limit = max(1, CHUNK_WEIGHTS // (k * BLOCK_N))
     return max(d for d in range(1, min(limit, blocks) + 1) if blocks % d == 0)
 
@@ -156,7 +134,6 @@ def dequantized_mm(
     packed: torch.Tensor,
     scales_and_zeros: torch.Tensor,
     group: int,
-    unpack: Unpack = unpack_halves,
 ) -> torch.Tensor:
     """``x @ W^T`` in bf16 for the int4 kernel's (packed, scales_and_zeros, group): the same
     ``(q - 8) * scale + zero`` weights, unpacked a chunk of 64-output blocks at a time, each as
@@ -177,7 +154,6 @@ def dequantized_mm(
     for start in range(0, blocks, per_chunk):
         columns = slice(start * BLOCK_N, (start + per_chunk) * BLOCK_N)
         chunk = packed_blocks[start : start + per_chunk]
-        # contiguous: a compiled unpack then sees one layout (one compile) per chunk shape
-        halves = unpack(chunk, scale[..., columns].contiguous(), shift[..., columns].contiguous())
+        halves = unpack_halves(chunk, scale[..., columns], shift[..., columns])
         y[:, columns] = torch.mm(doubled, halves)
     return y[:rows]

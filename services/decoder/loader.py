@@ -14,7 +14,7 @@ from services.common.device import resolve_device
 from services.decoder.config import DecoderConfig
 from services.decoder.constraints import ConstraintCompiler
 from services.decoder.engine import Engine, EngineLimits
-from services.decoder.gptq_linear import compile_unpacking, warm_up_unpacking
+from services.decoder.gptq_linear import use_fused_gemm, warm_up_unpacking
 from services.decoder.kv_cache import KVCache
 from services.decoder.model import Glm4ForCausalLM
 from services.decoder.onednn import prepack_linears
@@ -101,7 +101,7 @@ def load_decoder(config: DecoderConfig) -> LoadedDecoder:
         if config.cpu_prepack:
             log.info("%d Linear layers repacked for oneDNN", prepack_linears(model))
         if config.cpu_compile:
-            log.info("%d GPTQ layers unpack with a compiled kernel", compile_unpacking(model))
+            log.info("%d GPTQ layers run the fused int4 GEMM for batches", use_fused_gemm(model))
         warm_up_unpacking(model, config.prefill_chunk_tokens + config.max_running_requests)
     model_config = model.config
     max_model_len = config.max_model_len or min(

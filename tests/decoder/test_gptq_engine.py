@@ -1,6 +1,6 @@
-"""The engine on GPTQ layers whose calls take both CPU paths (the int4 kernel at few rows, the
-unpacked bf16 GEMM from ``dequant_rows`` on, its unpacking eager or compiled): batching still
-does not change greedy output."""
+"""The engine on GPTQ layers whose calls take both CPU paths (the int4 kernel at few rows, from
+``dequant_rows`` on the fused int4 GEMM or the unpacked bf16 one): batching still does not
+change greedy output."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from quantize.rtn import rtn_quantize
+from services.decoder import int4_amx
 from services.decoder.config import DecoderConfig
-from services.decoder.gptq_linear import GPTQLinear, compile_unpacking, unpacking_layers
-from services.decoder.int4_dequant import can_dequantize, compiled_unpack, table_rows
+from services.decoder.gptq_linear import GPTQLinear, unpacking_layers, use_fused_gemm
+from services.decoder.int4_dequant import AMX_ROWS, can_dequantize, table_rows
 from services.decoder.loader import load_decoder
 from services.decoder.model import Glm4ForCausalLM as ServingGlm4
 from services.decoder.quant import decoder_linears
@@ -35,15 +36,17 @@ def gptq_model(checkpoint: Path, dequant_rows: int | None) -> ServingGlm4:
 
 
 @pytest.mark.skipif(not can_dequantize(64, torch.device("cpu")), reason="no blocked int4 layout")
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager-unpack", "compiled-unpack"])
+@pytest.mark.parametrize("fused", [False, True], ids=["unpacked", "fused"])
 def test_greedy_alone_equals_greedy_in_a_batch_of_16_across_both_paths(
-    tiny_checkpoint: Path, compiled: bool
+    tiny_checkpoint: Path, fused: bool
 ) -> None:
+    if fused and not int4_amx.available():
+        pytest.skip("the fused kernel needs AMX and a C++ compiler")
     model = gptq_model(tiny_checkpoint, dequant_rows=8)
     unpacked = unpacking_layers(model)
     assert len(unpacked) >= 3 * model.config.num_hidden_layers + 1  # q, o, gate_up, down, lm_head
-    if compiled:
-        assert compile_unpacking(model) == len(unpacked)
+    if fused:
+        assert use_fused_gemm(model) == len(unpacked)
     requests = [request(f"r{i}", 3 + 7 * i, max_tokens=12, seed=i) for i in range(16)]
     batched = make_engine(model, chunk=48)  # prefill chunks and 16-row decode: unpacked path
     for r in requests:
@@ -58,12 +61,13 @@ def test_greedy_alone_equals_greedy_in_a_batch_of_16_across_both_paths(
 @pytest.mark.stack  # the GPTQ-quantized default bundle
 @pytest.mark.skipif(table_rows() is None, reason="no AMX: the int4 kernel serves every call")
 @pytest.mark.parametrize("cpu_compile", [True, False])
-def test_the_cpu_service_compiles_the_unpacking_unless_told_not_to(
+def test_the_cpu_service_builds_the_fused_gemm_unless_told_not_to(
     quantized_bundle_dir: Path, cpu_compile: bool
 ) -> None:
     config = DecoderConfig(bundle=quantized_bundle_dir, device="cpu", cpu_compile=cpu_compile)
     model = load_decoder(config).engine.model
     unpacking = unpacking_layers(model)
     assert unpacking
-    assert all((m.unpack is compiled_unpack()) == cpu_compile for m in unpacking)
-    assert {m.dequant_rows for m in unpacking} == {table_rows(compiled=cpu_compile)}
+    fused = cpu_compile and int4_amx.available()
+    assert all(m.fused == fused for m in unpacking)
+    assert {m.dequant_rows for m in unpacking} == {int4_amx.FUSED_ROWS if fused else AMX_ROWS}

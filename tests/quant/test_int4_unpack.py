@@ -1,43 +1,37 @@
-"""The 4-bit unpacking behind GPTQLinear's large CPU calls (services/decoder/int4_dequant.py):
-two bf16 halves that carry the exact fp32 weight, eager and compiled alike; chunks that split a
-weight evenly (one compile per weight); and ``compile_unpacking``, which switches the layers
-over at load and keeps the eager unpacking where it cannot compile."""
+"""The 4-bit unpacking behind GPTQLinear's large CPU calls where the fused kernel cannot be
+built (services/decoder/int4_dequant.py): two bf16 halves that carry the exact fp32 weight;
+chunks that split a weight evenly (one GEMM shape per weight); oneDNN's GEMMs built at load
+for every row count a step can have."""
 
 from __future__ import annotations
-
-import logging
 
 import pytest
 import torch
 from torch import nn
 
-from services.decoder import gptq_linear, int4_dequant
-from services.decoder.gptq_linear import compile_unpacking, warm_up_unpacking
+from services.decoder.gptq_linear import warm_up_unpacking
 from services.decoder.int4_dequant import (
     BLOCK_N,
     can_dequantize,
     chunk_blocks,
-    compiled_unpack,
     padded_rows,
     unpack_halves,
 )
-from tests.quant.test_gptq_kernels import assert_bf16_close, layer, quantized, reference
+from tests.quant.test_gptq_kernels import layer, quantized
 
 pytestmark = pytest.mark.skipif(
     not can_dequantize(BLOCK_N, torch.device("cpu")), reason="no blocked int4 layout"
 )
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_the_two_halves_add_up_to_the_exact_weight(compiled: bool) -> None:
+def test_the_two_halves_add_up_to_the_exact_weight() -> None:
     n, k, groups = 3 * BLOCK_N, 256, 2
     generator = torch.Generator().manual_seed(0)
     codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=generator)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     scale = torch.rand(groups, 1, n, generator=generator) / 8
     shift = torch.randn(groups, 1, n, generator=generator)
-    unpack = compiled_unpack() if compiled else unpack_halves
-    halves = unpack(packed.view(n // BLOCK_N, k, BLOCK_N // 2), scale, shift)
+    halves = unpack_halves(packed.view(n // BLOCK_N, k, BLOCK_N // 2), scale, shift)
     scaled = codes.T.float().view(groups, -1, n) * scale
     exact = (scaled + shift).view(k, n)
     # fp32's own rounding of q * scale + shift (an FMA or not) scales with the terms' size
@@ -46,7 +40,7 @@ def test_the_two_halves_add_up_to_the_exact_weight(compiled: bool) -> None:
     assert halves.shape == (2 * k, n) and halves.dtype == torch.bfloat16
     assert ((hi - exact).abs() <= size * 2**-8).all()  # hi alone: bf16's precision
     assert ((hi + lo - exact).abs() <= size * 2**-16).all()  # both: within 2^-16
-    assert lo.abs().max() > 0  # the low half is really there: no cast folded away
+    assert lo.abs().max() > 0  # the low half is really there
 
 
 def test_chunks_split_a_weight_evenly_within_the_budget() -> None:
@@ -66,41 +60,6 @@ def layers(monkeypatch: pytest.MonkeyPatch) -> nn.Sequential:
         layer(quantized(192, 256, group_size=64), dequant_rows=17),
         layer(quantized(64, 256), dequant_rows=None),
     )
-
-
-def test_compile_unpacking_switches_the_unpacking_layers_at_load(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    model = layers(monkeypatch)
-    table, given, never = model
-    assert compile_unpacking(model) == 2
-    assert table.unpack is given.unpack is compiled_unpack()
-    assert table.dequant_rows == int4_dequant.COMPILED_AMX_ROWS  # the table's compiled row
-    assert given.dequant_rows == 17 and never.dequant_rows is None
-    assert never.unpack is unpack_halves
-    weights = quantized(128, 256), quantized(192, 256, group_size=64)
-    for module, weight in zip((table, given), weights, strict=True):
-        assert module.dequant_rows is not None
-        x = torch.randn(module.dequant_rows + 5, 256)
-        assert_bf16_close(module(x), reference(weight, x))
-
-
-def test_where_it_cannot_compile_the_unpacking_stays_eager(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    def no_compiler() -> int4_dequant.Unpack:
-        def unpack(*_: torch.Tensor) -> torch.Tensor:
-            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
-
-        return unpack
-
-    model = layers(monkeypatch)
-    monkeypatch.setattr(gptq_linear, "compiled_unpack", no_compiler)
-    with caplog.at_level(logging.WARNING):
-        assert compile_unpacking(model) == 0
-    assert "No working C++ compiler" in caplog.text
-    assert all(m.unpack is unpack_halves for m in model)
-    assert [m.dequant_rows for m in model] == [int4_dequant.AMX_ROWS, 17, None]
 
 
 def test_rows_are_padded_to_buckets_coarser_beyond_512() -> None:
