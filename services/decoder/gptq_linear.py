@@ -165,17 +165,17 @@ def unpacking_layers(model: nn.Module) -> list[GPTQLinear]:
 
 
 def use_fused_gemm(model: nn.Module) -> int:
-    """Move every unpacking layer's calls to int4_amx's fused kernel (and, where its crossover
-    came from the table, to the fused kernel's); returns how many. Builds the kernel, and its
-    brgemm kernels for every depth, now; where it cannot be built, 0, and nothing changes."""
-    layers = unpacking_layers(model)
+    """Move the unpacking layers' calls to int4_amx's fused kernel (and, where their crossover
+    came from the table, to the fused kernel's); returns how many. Builds the kernel now;
+    where it cannot be built, 0, and nothing changes. Layers whose depth is not a whole
+    number of AMX tiles keep unpacking."""
+    layers = [m for m in unpacking_layers(model) if m.in_features % int4_amx.TILE_K == 0]
     if not layers or not int4_amx.available():
         return 0
     for layer in layers:
         layer.fused = True
         if layer.rows_from_table:
             layer.dequant_rows = int4_amx.FUSED_ROWS
-    int4_amx.warm_up({layer.in_features for layer in layers})
     return len(layers)
 
 

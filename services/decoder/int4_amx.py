@@ -36,9 +36,9 @@ SOURCE = Path(__file__).with_name("csrc") / "int4_hilo_gemm.cpp"
 # The instructions the kernel is written with; every AMX CPU has them. Not -march=native: a
 # build cached on a volume may be loaded by another CPU model.
 CFLAGS = ["-O3", "-std=c++20", "-fopenmp", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl"]
-CFLAGS += ["-mavx512bf16"]
+CFLAGS += ["-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
 FUSED_ROWS = 24  # rows from which the fused kernel beats the int4 kernel (the table above)
-TILE_M = 32  # the kernel's rows per brgemm call (TILE_M in the C++)
+TILE_K = 32  # the kernel's depth per AMX tile: a layer's in_features must be a multiple
 
 
 @functools.cache
@@ -68,14 +68,3 @@ def hilo_mm(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tenso
     codes = packed.view(blocks, x.shape[1], 32)
     result: torch.Tensor = torch.ops.autoglm.int4_hilo_mm(x, codes, scales_and_zeros)
     return result
-
-
-def warm_up(depths: set[int]) -> None:
-    """brgemm builds a kernel per (rows, depth) the first time it sees one, ~1 ms each: build
-    the last tile's every row count for each depth now, on every thread, not in a step."""
-    blocks = 2 * torch.get_num_threads()  # so that each thread builds its own
-    for depth in depths:
-        codes = torch.zeros(blocks * 64, depth // 2, dtype=torch.uint8)
-        scales_and_zeros = torch.zeros(2, blocks * 64, 2, dtype=torch.bfloat16)
-        for rows in range(1, TILE_M + 1):
-            hilo_mm(torch.zeros(rows, depth, dtype=torch.bfloat16), codes, scales_and_zeros)
