@@ -32,12 +32,12 @@ from torch.utils import cpp_extension
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "int4_hilo_gemm.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "int4_amx_gemm.cpp"
 # The instructions the kernel is written with; every AMX CPU has them. Not -march=native: a
 # build cached on a volume may be loaded by another CPU model.
 CFLAGS = ["-O3", "-std=c++20", "-fopenmp", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl"]
 CFLAGS += ["-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
-FUSED_ROWS = 24  # rows from which the fused kernel beats the int4 kernel (the table above)
+FUSED_ROWS = 12  # rows from which the fused kernel beats the int4 kernel (the table above)
 TILE_K = 32  # the kernel's depth per AMX tile: a layer's in_features must be a multiple
 
 
@@ -49,7 +49,7 @@ def available() -> bool:
         return False
     try:
         cpp_extension.load(
-            name="autoglm_int4_hilo_gemm",
+            name="autoglm_int4_amx_gemm",
             sources=[str(SOURCE)],
             extra_cflags=CFLAGS,
             extra_ldflags=["-fopenmp"],
@@ -66,5 +66,5 @@ def hilo_mm(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tenso
     N, 2]) weight; x is contiguous bf16 [rows, K]. Only after ``available()``."""
     blocks = scales_and_zeros.shape[1] // 64
     codes = packed.view(blocks, x.shape[1], 32)
-    result: torch.Tensor = torch.ops.autoglm.int4_hilo_mm(x, codes, scales_and_zeros)
+    result: torch.Tensor = torch.ops.autoglm.int4_amx_mm(x, codes, scales_and_zeros)
     return result
