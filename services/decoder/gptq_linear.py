@@ -124,7 +124,7 @@ class GPTQLinear(nn.Module):
             sz = self.scales_and_zeros  # in KERNEL_DTYPE whatever the module is cast to (_apply)
             if self.dequant_rows is not None and x2.shape[0] >= self.dequant_rows:
                 y = (
-                    int4_amx.hilo_mm(x2, self.packed, sz)
+                    int4_amx.int4_mm(x2, self.packed, sz)
                     if self.fused
                     else dequantized_mm(x2, self.packed, sz, self.group)
                 )

@@ -1,6 +1,6 @@
 """The fused int4 GEMM behind GPTQLinear's batched CPU calls (services/decoder/int4_amx.py):
 the same result as unpacking the two bf16 halves (which carry the exact weight) and running
-oneDNN on them, for every tile shape; ``use_fused_gemm``, which moves the layers to it at load;
+oneDNN on them, for every group size and tile shape; ``use_fused_gemm``, which moves the layers to it at load;
 and the unpacking left in place where the kernel cannot be built."""
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ def kernel_weight(n: int, k: int, group: int) -> tuple[torch.Tensor, torch.Tenso
 def test_the_fused_kernel_equals_the_unpacked_halves_gemm(
     n: int, k: int, group: int, rows: int
 ) -> None:
-    """Both add x @ hi and x @ lo in fp32 before one bf16 rounding: they differ only in the
-    order of the sums, so at most by one bf16 step on an output, and rarely."""
+    """The fused kernel sums exact integer products per group and scales them in fp32; the
+    unpacked path multiplies by two bf16 halves that carry the same weights to ~2^-17. Both
+    round once to bf16 at the end, so they differ by at most one bf16 step, and rarely."""
     packed, scales_and_zeros = kernel_weight(n, k, group)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
-    fused = int4_amx.hilo_mm(x, packed, scales_and_zeros)
+    fused = int4_amx.int4_mm(x, packed, scales_and_zeros)
     unpacked = dequantized_mm(x, packed, scales_and_zeros, group)
     assert fused.shape == (rows, n) and fused.dtype == torch.bfloat16
     step = unpacked.float().abs() * 2**-7 + 1e-30
@@ -56,9 +57,9 @@ def test_the_fused_kernel_equals_the_unpacked_halves_gemm(
 def test_the_fused_kernel_refuses_what_it_cannot_read() -> None:
     packed, scales_and_zeros = kernel_weight(64, 128, 32)
     with pytest.raises(RuntimeError, match="bf16"):
-        int4_amx.hilo_mm(torch.randn(4, 128), packed, scales_and_zeros)
+        int4_amx.int4_mm(torch.randn(4, 128), packed, scales_and_zeros)
     with pytest.raises(RuntimeError, match="scales_and_zeros"):
-        int4_amx.hilo_mm(torch.randn(4, 128).bfloat16(), packed, scales_and_zeros.float())
+        int4_amx.int4_mm(torch.randn(4, 128).bfloat16(), packed, scales_and_zeros.float())
 
 
 def test_use_fused_gemm_moves_the_unpacking_layers_at_load() -> None:
