@@ -1,7 +1,7 @@
 """The fused int4 GEMM behind GPTQLinear's batched CPU calls (services/decoder/int4_amx.py):
 the same result as unpacking the two bf16 halves (which carry the exact weight) and running
-oneDNN on them, for every group size and tile shape; ``use_fused_gemm``, which moves the layers to it at load;
-and the unpacking left in place where the kernel cannot be built."""
+oneDNN on them, for every group size and tile shape; ``use_fused_gemm``, which moves the
+layers to it at load; and the unpacking left in place where the kernel cannot be built."""
 
 from __future__ import annotations
 
