@@ -61,6 +61,10 @@ __m512i pair_lanes(int offset) {
   return _mm512_load_si512(index);
 }
 
+inline __m512 widen(__m256i bf16) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16));
+}
+
 // A block's codes as bf16 (q - 8), K x 64 in VNNI-2: (k, n) at (k / 2) * 128 + 2 * n + k % 2.
 void block_codes(const uint8_t* codes, int64_t K, at::BFloat16* out) {
   alignas(64) at::BFloat16 values[32];
@@ -126,6 +130,41 @@ void tile_gemm(const at::BFloat16* a, const float* a_sums, int64_t K, int64_t gr
   }
 }
 
+// Each row's sum over each group of K in fp32 (what the zeros multiply), [padded rows, groups];
+// rows from M on are zero.
+std::vector<float> group_sums(const at::BFloat16* rows, int64_t M, int64_t K, int64_t group,
+                              int64_t padded) {
+  std::vector<float> sums(padded * (K / group), 0.0f);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t g = 0; g < K / group; ++g) {
+      const at::BFloat16* x = rows + m * K + g * group;
+      __m512 total = _mm512_setzero_ps();
+      for (int64_t k = 0; k < group; k += 16)
+        total = _mm512_add_ps(total, widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k))));
+      sums[m * (K / group) + g] = _mm512_reduce_add_ps(total);
+    }
+  }
+  return sums;
+}
+
+// Per-thread buffers kept across calls: a fresh one per call of 128 KB or more is a fresh mmap,
+// page-faulted in again every call (~50 us of a 1024 x 1024 call's ~100 us at one row).
+struct Scratch {
+  std::vector<at::BFloat16> block, tail;
+  std::vector<float> scale, zero;
+
+  template <typename T>
+  T* get(std::vector<T>& buffer, int64_t size) {
+    if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+    return buffer.data();
+  }
+};
+
+Scratch& thread_scratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
 // x [M, K] bf16; packed [N / 64, K, 32] uint8 (_convert_weight_to_int4pack_for_cpu's bytes);
 // scales_and_zeros [K / group, N, 2] bf16, the int4 kernel's (q - 8) * scale + zero form.
 at::Tensor int4_amx_mm(const at::Tensor& x, const at::Tensor& packed,
@@ -149,25 +188,29 @@ at::Tensor int4_amx_mm(const at::Tensor& x, const at::Tensor& packed,
   const int64_t group = K / groups;
   auto y = at::empty({M, N}, x.options());
   if (M == 0) return y;
-  // x zero-padded to whole tiles only where the last tile is partial (AMX reads 32 rows)
+  const int64_t full = M / TILE_M * TILE_M;  // rows in whole tiles; the rest is padded
   const int64_t padded = (M + TILE_M - 1) / TILE_M * TILE_M;
-  const at::Tensor a = padded == M ? x : at::constant_pad_nd(x, {0, 0, 0, padded - M});
-  // each row's sum over each group, in fp32: what the zeros multiply
-  const at::Tensor a_sums = a.view({padded, groups, group}).sum(-1, false, at::kFloat);
-  const auto* rows = a.const_data_ptr<at::BFloat16>();
-  const auto* sums = a_sums.const_data_ptr<float>();
+  const auto* rows = x.const_data_ptr<at::BFloat16>();
+  const std::vector<float> sums = group_sums(rows, M, K, group, padded);
   const auto* codes = packed.const_data_ptr<uint8_t>();
   const auto* sz = scales_and_zeros.const_data_ptr<at::BFloat16>();
   auto* out = y.mutable_data_ptr<at::BFloat16>();
   at::parallel_for(0, N / BLOCK_N, 1, [&](int64_t first_block, int64_t end_block) {
-    std::vector<at::BFloat16> block(K * BLOCK_N);
-    std::vector<float> scale(groups * BLOCK_N), zero(groups * BLOCK_N);
+    Scratch& scratch = thread_scratch();
+    at::BFloat16* block = scratch.get(scratch.block, K * BLOCK_N);
+    float* scale = scratch.get(scratch.scale, groups * BLOCK_N);
+    float* zero = scratch.get(scratch.zero, groups * BLOCK_N);
+    at::BFloat16* tail = scratch.get(scratch.tail, TILE_M * K);
+    // the last rows zero-padded to a whole tile: AMX reads 32 rows
+    std::memcpy(tail, rows + full * K, (M - full) * K * sizeof(at::BFloat16));
+    std::memset(static_cast<void*>(tail + (M - full) * K), 0,
+                (TILE_M - (M - full)) * K * sizeof(at::BFloat16));
     alignas(64) float acc[TILE_M * BLOCK_N];
     const TileConfig config;
     _tile_loadconfig(&config);
     for (int64_t b = first_block; b < end_block; ++b) {
       const int64_t n0 = b * BLOCK_N;
-      block_codes(codes + b * K * (BLOCK_N / 2), K, block.data());
+      block_codes(codes + b * K * (BLOCK_N / 2), K, block);
       for (int64_t g = 0; g < groups; ++g) {
         for (int64_t j = 0; j < BLOCK_N; ++j) {
           scale[g * BLOCK_N + j] = static_cast<float>(sz[(g * N + n0 + j) * 2]);
@@ -175,8 +218,8 @@ at::Tensor int4_amx_mm(const at::Tensor& x, const at::Tensor& packed,
         }
       }
       for (int64_t m0 = 0; m0 < M; m0 += TILE_M) {
-        tile_gemm(rows + m0 * K, sums + m0 * groups, K, group, block.data(), scale.data(),
-                  zero.data(), acc);
+        const at::BFloat16* a = m0 < full ? rows + m0 * K : tail;
+        tile_gemm(a, sums.data() + m0 * groups, K, group, block, scale, zero, acc);
         for (int64_t i = 0; i < std::min(TILE_M, M - m0); ++i) {
           at::BFloat16* row = out + (m0 + i) * N + n0;
           for (int v = 0; v < 4; ++v) {
