@@ -22,7 +22,6 @@ count where it cannot.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Literal
 
@@ -38,8 +37,6 @@ from services.decoder.int4_dequant import (
     table_rows,
     warm_up_gemms,
 )
-
-log = logging.getLogger(__name__)
 
 KERNEL_GROUP_SIZES = (256, 128, 64, 32)  # what both int4 kernels accept, largest first
 CUDA_INNER_K_TILES = (8, 4, 2)
@@ -167,9 +164,8 @@ def unpacking_layers(model: nn.Module) -> list[GPTQLinear]:
 def use_fused_gemm(model: nn.Module) -> int:
     """Move the unpacking layers' calls to int4_amx's fused kernel (and, where their crossover
     came from the table, to the fused kernel's); returns how many. Builds the kernel now;
-    where it cannot be built, 0, and nothing changes. Layers whose depth is not a whole
-    number of AMX tiles keep unpacking."""
-    layers = [m for m in unpacking_layers(model) if m.in_features % int4_amx.TILE_K == 0]
+    where it cannot be built, 0, and nothing changes."""
+    layers = unpacking_layers(model)
     if not layers or not int4_amx.available():
         return 0
     for layer in layers:

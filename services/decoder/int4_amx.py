@@ -5,7 +5,7 @@ on AVX-512 a row at a time, so its cost grows with the rows; unpacking the codes
 oneDNN (int4_dequant) writes and reads 8 bytes per weight per call. The fused kernel reads the
 same packed codes, turns each 64-output block into bf16 integers (q - 8) once per call, in
 cache, and multiplies every row by them on AMX, each group's sums scaled in fp32: the int4
-kernel's weights exactly (no weight is rounded to bf16), up to fp32 summation order. The bench
+kernel's weights exactly (no weight is rounded to bf16), up to fp32 rounding. The bench
 decoder's four weight shapes, ms per call at 2 threads (fused / int4 kernel, and unpack +
 oneDNN at 112 and 272 rows):
 
@@ -40,7 +40,6 @@ SOURCE = Path(__file__).with_name("csrc") / "int4_amx_gemm.cpp"
 CFLAGS = ["-O3", "-std=c++20", "-fopenmp", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl"]
 CFLAGS += ["-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
 FUSED_ROWS = 12  # rows from which the fused kernel beats the int4 kernel (the table above)
-TILE_K = 32  # the kernel's depth per AMX tile: a layer's in_features must be a multiple
 
 
 @functools.cache

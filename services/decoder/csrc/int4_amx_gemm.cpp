@@ -6,7 +6,7 @@
 // computes each group's x_g @ (Q_g - 8)^T into fp32 tiles; they are scaled and summed in fp32
 // on AVX-512. No weight is ever rounded to bf16 (a rounded weight moves outputs by ~2^-9 and
 // can make a request decode differently in a batch than alone, on the int4 kernel); the
-// result differs from the int4 kernel's only by fp32 summation order.
+// result differs from the int4 kernel's only by fp32 rounding (the order of sums and products).
 //
 // Each thread takes 64-output blocks; per block the codes are turned into bf16 (q - 8) once
 // (a 16-entry table lookup), in the VNNI-2 layout AMX reads, in a buffer that stays in the
