@@ -61,6 +61,10 @@ __m512i pair_lanes(int offset) {
   return _mm512_load_si512(index);
 }
 
+inline __m256i load256(const void* address) {
+  return _mm256_loadu_si256(static_cast<const __m256i*>(address));
+}
+
 inline __m512 widen(__m256i bf16) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16));
 }
@@ -73,8 +77,8 @@ void block_codes(const uint8_t* codes, int64_t K, at::BFloat16* out) {
   const __m512i first = pair_lanes(0), last = pair_lanes(16), nibble = _mm512_set1_epi16(15);
   for (int64_t k = 0; k < K; k += 2) {
     // 32 bytes per row: low nibbles are outputs 0-31, high nibbles outputs 32-63
-    const __m512i even = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + k * 32)));
-    const __m512i odd = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (k + 1) * 32)));
+    const __m512i even = _mm512_cvtepu8_epi16(load256(codes + k * 32));
+    const __m512i odd = _mm512_cvtepu8_epi16(load256(codes + (k + 1) * 32));
     const __m512i even_low = _mm512_permutexvar_epi16(_mm512_and_si512(even, nibble), table);
     const __m512i odd_low = _mm512_permutexvar_epi16(_mm512_and_si512(odd, nibble), table);
     const __m512i even_high = _mm512_permutexvar_epi16(_mm512_srli_epi16(even, 4), table);
@@ -140,7 +144,7 @@ std::vector<float> group_sums(const at::BFloat16* rows, int64_t M, int64_t K, in
       const at::BFloat16* x = rows + m * K + g * group;
       __m512 total = _mm512_setzero_ps();
       for (int64_t k = 0; k < group; k += 16)
-        total = _mm512_add_ps(total, widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k))));
+        total = _mm512_add_ps(total, widen(load256(x + k)));
       sums[m * (K / group) + g] = _mm512_reduce_add_ps(total);
     }
   }
