@@ -239,8 +239,11 @@ def test_up_stops_on_signals_in_quick_succession(
     send(launcher, burst)
 
     assert_everything_stopped(launcher, children)
-    # The stop is the first signal's, whenever the copies land (one may come after the stop).
-    assert f"stopped on {burst[0].name}" in launcher.log
+    # One stop, on one of the burst's signals: which one the process sees first is not
+    # observable (two signals sent microseconds apart may reach two of its threads, and the
+    # interpreter runs the handler of whichever it finds tripped first).
+    stopped_on = {sig.name for sig in burst if f"stopped on {sig.name}" in launcher.log}
+    assert len(stopped_on) == 1 and launcher.log.count("stopped on") == 1, launcher.log
 
 
 @pytest.mark.stack

@@ -204,11 +204,13 @@ at::Tensor int4_amx_mm(const at::Tensor& x, const at::Tensor& packed,
     at::BFloat16* block = scratch.get(scratch.block, K * BLOCK_N);
     float* scale = scratch.get(scratch.scale, groups * BLOCK_N);
     float* zero = scratch.get(scratch.zero, groups * BLOCK_N);
-    at::BFloat16* tail = scratch.get(scratch.tail, TILE_M * K);
     // the last rows zero-padded to a whole tile: AMX reads 32 rows
-    std::memcpy(tail, rows + full * K, (M - full) * K * sizeof(at::BFloat16));
-    std::memset(static_cast<void*>(tail + (M - full) * K), 0,
-                (TILE_M - (M - full)) * K * sizeof(at::BFloat16));
+    at::BFloat16* tail = M > full ? scratch.get(scratch.tail, TILE_M * K) : nullptr;
+    if (tail != nullptr) {
+      std::memcpy(tail, rows + full * K, (M - full) * K * sizeof(at::BFloat16));
+      std::memset(static_cast<void*>(tail + (M - full) * K), 0,
+                  (TILE_M - (M - full)) * K * sizeof(at::BFloat16));
+    }
     alignas(64) float acc[TILE_M * BLOCK_N];
     const TileConfig config;
     _tile_loadconfig(&config);
