@@ -41,7 +41,7 @@ class DecoderConfig(ServiceConfig):
         True,
         "on an AMX CPU, run 4-bit GPTQ layers' calls of 12 rows or more (prefill, decode "
         "batches) on a fused int4 GEMM built from C++ at start-up (~15 s the first time, then "
-        "cached on disk; 1.7-4.9x the int4 kernel at 16-272 rows); without it, or without a "
+        "cached on disk; 1.8-5x the int4 kernel at 16-272 rows); without it, or without a "
         "C++ compiler, they unpack the weights to bf16 from 192 rows",
     )
     cuda_graphs: bool = setting(

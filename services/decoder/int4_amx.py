@@ -6,16 +6,16 @@ oneDNN (int4_dequant) writes and reads 8 bytes per weight per call. The fused ke
 same packed codes, turns each 64-output block into bf16 integers (q - 8) once per call, in
 cache, and multiplies every row by them on AMX, each group's sums scaled in fp32: the int4
 kernel's weights exactly (no weight is rounded to bf16), up to fp32 rounding. The bench
-decoder's four weight shapes, ms per call at 2 threads (fused / int4 kernel, and unpack +
-oneDNN at 112 and 272 rows):
+decoder's four weight shapes, ms per call at 2 threads (``python -m bench.int4_gemm``: fused /
+int4 kernel, and the unpacking path at 112 and 272 rows):
 
     rows   gate_up 5632x1024     down 1024x2816       qkv 1280x1024       o 1024x1024
-      1    1.05 / 0.25           0.68 / 0.13          0.33 / 0.06         0.27 / 0.05
-      8    1.03 / 0.89           0.67 / 0.45          0.32 / 0.20         0.26 / 0.16
-     16    1.04 / 1.75           0.68 / 0.90          0.32 / 0.41         0.29 / 0.34
-     32    0.86 / 3.48           0.52 / 1.77          0.29 / 0.80         0.24 / 0.64
-    112    2.82 / 12.0 / 23.5    1.80 / 5.98 / 12.0   0.83 / 2.83 / 5.32  0.72 / 2.25 / 4.17
-    272    5.99 / 29.1 / 28.2    2.95 / 14.7 / 15.8   1.68 / 6.72 / 6.36  1.37 / 5.42 / 5.15
+      1    0.86 / 0.25           0.46 / 0.14          0.20 / 0.06         0.16 / 0.05
+      8    0.94 / 0.94           0.48 / 0.48          0.22 / 0.22         0.17 / 0.16
+     16    0.95 / 1.76           0.48 / 0.90          0.22 / 0.42         0.19 / 0.32
+     32    0.94 / 3.50           0.47 / 1.76          0.25 / 0.84         0.18 / 0.64
+    112    2.84 / 12.4 / 27.2    1.55 / 6.12 / 13.6   0.73 / 2.76 / 6.29  0.58 / 2.20 / 4.94
+    272    5.92 / 30.1 / 32.5    3.20 / 15.1 / 18.0   1.42 / 6.71 / 7.94  1.12 / 5.30 / 6.21
 
 so from ``FUSED_ROWS`` rows on a call takes the fused kernel (c=16 decode batches, prefill),
 below it the int4 kernel. The kernel is C++ built at load by torch's extension builder (a C++
