@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
+from services.decoder.int4_dequant import BLOCK_N
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "int4_amx_gemm.cpp"
@@ -65,7 +67,7 @@ def available() -> bool:
 def int4_mm(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
     """``x @ W^T`` in bf16 for the int4 kernel's (packed [N, K/2], scales_and_zeros [groups,
     N, 2]) weight; x is contiguous bf16 [rows, K]. Only after ``available()``."""
-    blocks = scales_and_zeros.shape[1] // 64
-    codes = packed.view(blocks, x.shape[1], 32)
+    # torch's packing as the kernel reads it: [64-output blocks, K, 32 bytes]
+    codes = packed.view(scales_and_zeros.shape[1] // BLOCK_N, x.shape[1], BLOCK_N // 2)
     result: torch.Tensor = torch.ops.autoglm.int4_amx_mm(x, codes, scales_and_zeros)
     return result
